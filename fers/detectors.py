@@ -1,0 +1,219 @@
+"""Training-free detectors that score every pixel: global RX, local dual-window RX,
+the reference fusion of the two feature branches, and the per-scene autoencoder.
+
+RX (Reed & Yu, IEEE TASSP 1990): ``s(x) = (x − μ)ᵀ Σ⁺ (x − μ)`` with the sample mean μ and
+covariance Σ (divided by n − 1) of the scene, Σ⁺ its pseudo-inverse. As in the reference,
+each cube is first min-max scaled to [0, 1].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+RX_PRECISIONS = ("reference", "float64", "float32")
+FUSIONS = ("auto", "sum", "product")
+BRANCHES = ("both", "spectral", "spatial")
+NUMPY_PINV_RCOND = 1e-15  # np.linalg.pinv's default cutoff, relative to the largest singular value
+
+
+def _as_pixels(cubes: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` → ``(N, H·W, C)``."""
+    n, c, h, w = cubes.shape
+    return cubes.reshape(n, c, h * w).transpose(1, 2)
+
+
+def _unit_scale(pixels: torch.Tensor) -> torch.Tensor:
+    """Min-max scale each cube (all its values) to [0, 1]."""
+    flat = pixels.reshape(pixels.shape[0], -1)
+    low = flat.min(1).values.view(-1, 1, 1)
+    high = flat.max(1).values.view(-1, 1, 1)
+    return (pixels - low) / (high - low).clamp_min(torch.finfo(pixels.dtype).tiny)
+
+
+def rx_scores(cubes: torch.Tensor, precision: str = "float64") -> torch.Tensor:
+    """Global RX scores ``(N, H, W)`` for cubes ``(N, C, H, W)`` (a batch of scenes, each with its
+    own background statistics).
+
+    - ``float64``: covariance and solve in float64 by a symmetric eigendecomposition, keeping
+      eigenvalues above ``1e-15 × λ_max`` — the semantics (and, to rounding, the scores) of
+      ``np.linalg.pinv``; no per-pixel loop.
+    - ``float32``: the reference's 50-band path, in float32 with ``torch.linalg.pinv``'s default
+      cutoff (``max(C, C) × eps32`` relative), which truncates small eigenvalues.
+    """
+    if cubes.ndim != 4:
+        raise ValueError(f"rx_scores expects (N, C, H, W), got {tuple(cubes.shape)}")
+    n, _, h, w = cubes.shape
+    if precision == "float32":
+        pixels = _unit_scale(_as_pixels(cubes.float()))
+        centred = pixels - pixels.mean(1, keepdim=True)
+        covariance = centred.transpose(1, 2) @ centred / (centred.shape[1] - 1)
+        inverse = torch.linalg.pinv(covariance)
+        scores = ((centred @ inverse) * centred).sum(-1)
+    elif precision == "float64":
+        pixels = _unit_scale(_as_pixels(cubes.double()))
+        centred = pixels - pixels.mean(1, keepdim=True)
+        covariance = centred.transpose(1, 2) @ centred / (centred.shape[1] - 1)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        cutoff = NUMPY_PINV_RCOND * eigenvalues.abs().amax(-1, keepdim=True)
+        keep = eigenvalues.abs() > cutoff
+        inverse = torch.where(keep, 1.0 / torch.where(keep, eigenvalues, torch.ones_like(eigenvalues)),
+                              torch.zeros_like(eigenvalues))
+        projected = centred @ eigenvectors
+        scores = (projected.square() * inverse.unsqueeze(1)).sum(-1)
+    else:
+        raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
+    return scores.reshape(n, h, w)
+
+
+def rx_scores_numpy(cube: np.ndarray) -> np.ndarray:
+    """Global RX of one ``(H, W, C)`` cube with NumPy: ``np.cov`` and ``np.linalg.pinv`` in float64.
+    The plain reference the batched :func:`rx_scores` is tested and benchmarked against."""
+    h, w, c = cube.shape
+    pixels = np.asarray(cube, dtype=np.float64).reshape(-1, c)
+    pixels = (pixels - pixels.min()) / (pixels.max() - pixels.min())
+    centred = pixels - pixels.mean(0)
+    inverse = np.linalg.pinv(np.cov(pixels, rowvar=False))
+    return np.einsum("ij,jk,ik->i", centred, inverse, centred).reshape(h, w)
+
+
+def resolve_rx_precision(rx_precision: str, channels: int) -> str:
+    """``reference`` follows the reference release: float32 for 50 bands or fewer, float64 above."""
+    if rx_precision not in RX_PRECISIONS:
+        raise ValueError(f"rx_precision must be one of {RX_PRECISIONS}, got {rx_precision!r}")
+    if rx_precision == "reference":
+        return "float32" if channels <= 50 else "float64"
+    return rx_precision
+
+
+def resolve_fusion(fusion: str, channels: int) -> str:
+    """``auto`` follows the reference: the product of branch maps for 50 bands or fewer, the sum above."""
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    if fusion == "auto":
+        return "product" if channels <= 50 else "sum"
+    return fusion
+
+
+def unit_range(scores: torch.Tensor) -> torch.Tensor:
+    """Min-max scale each map of ``(N, H, W)`` to [0, 1] (a constant map becomes 0)."""
+    flat = scores.reshape(scores.shape[0], -1)
+    low = flat.min(1).values.view(-1, 1, 1)
+    span = (flat.max(1).values.view(-1, 1, 1) - low)
+    return (scores - low) / torch.where(span > 0, span, torch.ones_like(span))
+
+
+def fused_scores(cubes, spectral_features=None, spatial_features=None, fusion: str = "auto",
+                 precision: str = "float64") -> torch.Tensor:
+    """Anomaly maps ``(N, H, W)`` from the normalised cubes and the branch features (all ``(N, C, H, W)``).
+
+    - one branch given: ``RX(x + features)`` (the FERD-only or spatial-only ablation);
+    - both, ``sum``: ``RX(x + spatial + spectral)`` (reference for more than 50 bands);
+    - both, ``product``: ``N(RX(x + spatial)) · N(RX(x + spectral))``, N = min-max to [0, 1]
+      (reference for 50 bands).
+    """
+    if spectral_features is None and spatial_features is None:
+        return rx_scores(cubes, precision)
+    if spectral_features is None or spatial_features is None:
+        features = spectral_features if spatial_features is None else spatial_features
+        return rx_scores(cubes + features, precision)
+    fusion = resolve_fusion(fusion, cubes.shape[1])
+    if fusion == "sum":
+        return rx_scores(cubes + spatial_features + spectral_features, precision)
+    return (unit_range(rx_scores(cubes + spatial_features, precision))
+            * unit_range(rx_scores(cubes + spectral_features, precision)))
+
+
+def local_rx_scores(cube: torch.Tensor, inner: int = 5, outer: int = 15, ridge: float = 1e-6) -> torch.Tensor:
+    """Local dual-window RX ``(H, W)`` for one cube ``(C, H, W)``: each pixel against the mean
+    and covariance of the ring between an ``inner`` and an ``outer`` square window (odd sizes),
+    with a ridge of ``ridge × trace/C`` for stability. Windows are cut at the borders."""
+    if inner % 2 == 0 or outer % 2 == 0 or inner >= outer:
+        raise ValueError("inner and outer must be odd with inner < outer")
+    c, h, w = cube.shape
+    data = cube.double()
+    data = (data - data.min()) / (data.max() - data.min()).clamp_min(1e-300)
+    pixels = data.reshape(c, -1).T  # (P, C)
+    outer_r, inner_r = outer // 2, inner // 2
+    # Integral images of x and x xᵀ give each window's sums in O(1) per pixel.
+    first = torch.zeros(h + 1, w + 1, c, dtype=torch.float64, device=cube.device)
+    first[1:, 1:] = data.permute(1, 2, 0).cumsum(0).cumsum(1)
+    outer_products = torch.einsum("pi,pj->pij", pixels, pixels).reshape(h, w, c * c)
+    second = torch.zeros(h + 1, w + 1, c * c, dtype=torch.float64, device=cube.device)
+    second[1:, 1:] = outer_products.cumsum(0).cumsum(1)
+    del outer_products
+    rows = torch.arange(h, device=cube.device)
+    cols = torch.arange(w, device=cube.device)
+
+    def window(table, radius):
+        r0 = (rows - radius).clamp(0, h)
+        r1 = (rows + radius + 1).clamp(0, h)
+        c0 = (cols - radius).clamp(0, w)
+        c1 = (cols + radius + 1).clamp(0, w)
+        total = (table[r1][:, c1] - table[r0][:, c1] - table[r1][:, c0] + table[r0][:, c0])
+        count = ((r1 - r0).view(-1, 1) * (c1 - c0).view(1, -1)).double()
+        return total, count
+
+    sum_outer, n_outer = window(first, outer_r)
+    sum_inner, n_inner = window(first, inner_r)
+    sq_outer, _ = window(second, outer_r)
+    sq_inner, _ = window(second, inner_r)
+    count = (n_outer - n_inner).unsqueeze(-1)
+    mean = (sum_outer - sum_inner) / count
+    scatter = ((sq_outer - sq_inner) / count).reshape(h, w, c, c) - torch.einsum("hwi,hwj->hwij", mean, mean)
+    covariance = scatter * (count / (count - 1)).unsqueeze(-1)
+    trace = torch.diagonal(covariance, dim1=-2, dim2=-1).sum(-1) / c
+    covariance = covariance + ridge * trace[..., None, None] * torch.eye(c, dtype=torch.float64, device=cube.device)
+    difference = (data.permute(1, 2, 0) - mean).unsqueeze(-1)
+    solved = torch.linalg.solve(covariance, difference)
+    return (difference * solved).sum((-2, -1)).float()
+
+
+class PixelAutoencoder(torch.nn.Module):
+    """1×1-convolution autoencoder C → 128 → 32 → 128 → C scoring pixels by reconstruction error."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        conv = torch.nn.Conv2d
+        self.net = torch.nn.Sequential(conv(channels, 128, 1), torch.nn.ReLU(), conv(128, 32, 1), torch.nn.ReLU(),
+                                       conv(32, 128, 1), torch.nn.ReLU(), conv(128, channels, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def autoencoder_scores(cube: torch.Tensor, steps: int = 50, lr: float = 1e-3, seed: int = 0,
+                       select: str = "last", mask=None, auc_fn=None):
+    """Train a per-scene pixel autoencoder on ``cube`` ``(1, C, H, W)`` and score pixels by their
+    squared reconstruction error ``(H, W)``.
+
+    ``select``: ``last`` (label-free, the map after ``steps`` steps), ``min_loss`` (label-free,
+    the step with the lowest training loss) or ``oracle`` (the reference's choice: the step whose
+    map has the best AUC against ``mask``, which uses the ground truth). Returns ``(scores, info)``.
+    """
+    if select not in ("last", "min_loss", "oracle"):
+        raise ValueError(f"select must be last, min_loss or oracle, got {select!r}")
+    if select == "oracle" and (mask is None or auc_fn is None):
+        raise ValueError("select='oracle' needs the ground-truth mask and an AUC function")
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = PixelAutoencoder(cube.shape[1]).to(cube.device)
+    torch.random.set_rng_state(generator_state)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    best = (None, float("inf"), -1)
+    for step in range(1, steps + 1):
+        optimiser.zero_grad(set_to_none=True)
+        error = (model(cube) - cube).square()
+        loss = error.mean()
+        loss.backward()
+        optimiser.step()
+        scores = error.detach().sum(1)[0]
+        if select == "last":
+            best = (scores, loss.item(), step)
+        elif select == "min_loss" and loss.item() < best[1]:
+            best = (scores, loss.item(), step)
+        elif select == "oracle":
+            quality = -auc_fn(scores.cpu().numpy(), mask)
+            if quality < best[1]:
+                best = (scores, quality, step)
+    return best[0], {"ae_select": select, "ae_step": best[2], "ae_steps": steps}

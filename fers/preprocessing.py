@@ -1,0 +1,105 @@
+"""Pure functions that turn a raw cube into the network input: validation, band policy,
+and the reference normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import FersError
+
+INPUT_SCALE = 0.1
+BAND_POLICIES = ("first", "interp", "error")
+# Fill values that sensors and processing chains write for missing pixels.
+NODATA_VALUES = (-9999.0, -32768.0, 1e-34, -1e34, -3.4028234663852886e38)
+
+
+def validate_cube(cube: np.ndarray, name: str) -> None:
+    """Reject cubes that would silently poison the statistics: NaN/Inf, no-data fill values,
+    or a constant cube (max = min). FERS rejects such cubes instead of masking them, so a
+    number it reports is never computed on partly invalid data."""
+    if cube.ndim != 3:
+        raise FersError(f"{name}: expected a 3-D cube (rows, cols, bands), got shape {tuple(cube.shape)}")
+    if cube.dtype.kind == "f":
+        finite = np.isfinite(cube)
+        if not finite.all():
+            bad_pixels = int((~finite).any(axis=2).sum())
+            raise FersError(f"{name}: {bad_pixels} pixel(s) hold NaN or Inf values; "
+                            "fill or crop them before detection (FERS does not guess missing data)")
+    low, high = np.min(cube), np.max(cube)
+    nodata = np.zeros(cube.shape[:2], dtype=bool)
+    for value in NODATA_VALUES:
+        if low - 1e-6 * abs(value) <= value <= high + 1e-6 * abs(value):  # skip values out of range
+            nodata |= np.isclose(cube, value, rtol=1e-6, atol=0).any(axis=2)
+    if nodata.any():
+        raise FersError(f"{name}: {int(nodata.sum())} pixel(s) hold a no-data fill value "
+                        f"(one of {', '.join(f'{v:g}' for v in NODATA_VALUES)}); "
+                        "crop them out or fill them before detection")
+    if not high > low:
+        raise FersError(f"{name}: the cube is constant (every value is {float(low):g}); "
+                        "it holds no signal to detect anomalies in")
+
+
+def normalize_cube(cube: np.ndarray) -> np.ndarray:
+    """Min-max scale the whole cube to [-1, 1], then multiply by 0.1 (the reference input scaling).
+
+    Statistics are computed in float64 so float32 data with a large offset keeps its precision.
+    Returns float32 of the same shape.
+    """
+    data = np.asarray(cube, dtype=np.float64)
+    low, high = data.min(), data.max()
+    if not high > low:
+        raise ValueError("cannot normalise a constant cube")
+    return (INPUT_SCALE * (2.0 * (data - low) / (high - low) - 1.0)).astype(np.float32)
+
+
+def apply_band_policy(cube: np.ndarray, channels: int, policy: str = "interp", name: str = "cube"):
+    """Bring a ``(rows, cols, bands)`` cube to ``channels`` bands.
+
+    - ``first``: the first ``channels`` bands; an error if the cube has fewer.
+    - ``interp``: the first ``channels`` bands when there are enough, otherwise linear
+      interpolation along the band axis to ``channels`` bands, keeping the first and last band.
+    - ``error``: the cube must have exactly ``channels`` bands.
+
+    Returns ``(cube, description)``; the description is logged per scene.
+    """
+    if policy not in BAND_POLICIES:
+        raise ValueError(f"band_policy must be one of {BAND_POLICIES}, got {policy!r}")
+    bands = cube.shape[2]
+    if policy == "error" and bands != channels:
+        raise FersError(f"{name}: has {bands} bands but the model takes {channels} "
+                        "(--band_policy error); use --band_policy first or interp, or a model for "
+                        f"{bands} bands")
+    if bands >= channels:
+        return cube[:, :, :channels], (f"first {channels} of {bands} bands" if bands > channels
+                                       else f"all {bands} bands")
+    if policy == "first":
+        raise FersError(f"{name}: has {bands} bands, fewer than the model's {channels}; "
+                        "use --band_policy interp or a model for fewer bands")
+    return interpolate_bands(cube, channels), f"{bands} bands linearly interpolated to {channels}"
+
+
+def interpolate_bands(cube: np.ndarray, channels: int) -> np.ndarray:
+    """Linear interpolation along the band axis to ``channels`` bands, end bands kept exactly."""
+    bands = cube.shape[2]
+    positions = np.linspace(0.0, bands - 1, channels)
+    lower = np.floor(positions).astype(int)
+    upper = np.minimum(lower + 1, bands - 1)
+    weight = (positions - lower).astype(np.float64)
+    data = np.asarray(cube, dtype=np.float64)
+    result = data[:, :, lower] * (1.0 - weight) + data[:, :, upper] * weight
+    return result.astype(np.result_type(cube.dtype, np.float32))
+
+
+def prepare_cube(cube: np.ndarray, channels: int, policy: str = "interp", name: str = "cube"):
+    """Validate, apply the band policy and normalise: the network input ``(rows, cols, C)`` float32
+    and a description of the band policy used."""
+    validate_cube(cube, name)
+    cube, description = apply_band_policy(cube, channels, policy, name)
+    if not np.max(cube) > np.min(cube):
+        raise FersError(f"{name}: the selected {channels} bands are constant; nothing to detect")
+    return normalize_cube(cube), description
+
+
+def to_chw(cube: np.ndarray) -> np.ndarray:
+    """``(rows, cols, bands)`` → ``(bands, rows, cols)``: the one place where the layout changes."""
+    return np.ascontiguousarray(np.transpose(cube, (2, 0, 1)))
