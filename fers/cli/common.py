@@ -1,0 +1,35 @@
+"""Arguments shared by the command lines, with the reference flag names."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import detectors
+from ..preprocessing import BAND_POLICIES
+from ..utils import DEVICES, REPO_ROOT
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_channels: int) -> None:
+    parser.add_argument("--input_channel", type=int, default=default_channels,
+                        help="bands the model takes (50, 100 or 200 for the released models)")
+    parser.add_argument("--checkpoint_dir", default=str(REPO_ROOT / "checkpoints"),
+                        help="parent folder; files are read from <checkpoint_dir>/<C>bands/")
+    parser.add_argument("--branches", choices=detectors.BRANCHES, default="both",
+                        help="both = FERS; spectral = FERD only (needs only convh/enc/pc.pt); spatial = spatial only")
+    parser.add_argument("--fusion", choices=detectors.FUSIONS, default="auto",
+                        help="auto = reference rule: product of branch maps for <=50 bands, sum above")
+    parser.add_argument("--rx_precision", choices=detectors.RX_PRECISIONS, default="reference",
+                        help="reference = float32 pinv path for <=50 bands and float64 above (reproduces the "
+                             "paper); float64 = numerically sound everywhere; float32 = float32 everywhere")
+    parser.add_argument("--band_policy", choices=BAND_POLICIES, default="interp",
+                        help="first C bands; interp = first C if enough, else linear interpolation to C; "
+                             "error = the scene must have exactly C bands")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--batch_size", type=int, default=16, help="scenes per forward pass")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
+def check_positive(parser, **values) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be at least 1")

@@ -1,0 +1,271 @@
+"""The detection pipeline: load scenes, compute the branch features, fuse, score with RX or the
+autoencoder, measure, and write the reference outputs plus ``results.json``/``results.csv``."""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import detectors
+from .checkpoints import band_folder, load_fen, load_spatial_branch
+from .datasets import Scene, load_scene
+from .errors import FersError
+from .io import OutputFolder, save_mat, write_json, write_text
+from .metrics import METRIC_NAMES, auc, f1_optimal_threshold, mean_ignoring_nan, roc3d_metrics
+from .preprocessing import prepare_cube, to_chw
+from .utils import versions
+
+
+class Detector:
+    """The trained networks of one band setting and the rules to turn them into anomaly maps.
+
+    ``fen`` and/or ``spatial`` may be None: with neither, the detector is plain global RX.
+    """
+
+    def __init__(self, channels: int, fen=None, spatial=None, device="cpu", fusion="auto",
+                 rx_precision="reference"):
+        self.channels = channels
+        self.device = torch.device(device)
+        self.fen = fen.to(self.device).eval() if fen is not None else None
+        self.spatial = spatial.to(self.device).eval() if spatial is not None else None
+        self.fusion = detectors.resolve_fusion(fusion, channels)
+        self.rx_precision = detectors.resolve_rx_precision(rx_precision, channels)
+
+    @classmethod
+    def from_checkpoints(cls, checkpoint_dir, channels: int, branches: str = "both", **options):
+        """Load the files the chosen branches need from ``<checkpoint_dir>/<C>bands/``."""
+        if branches not in detectors.BRANCHES + ("none",):
+            raise ValueError(f"branches must be one of {detectors.BRANCHES}, got {branches!r}")
+        folder = band_folder(checkpoint_dir, channels)
+        if branches != "none" and not folder.is_dir():
+            raise FersError(f"{folder}: checkpoint folder not found; --checkpoint_dir is the parent of "
+                            f"'{channels}bands/' (train the model or put the released files there)")
+        fen = load_fen(folder, channels) if branches in ("both", "spectral") else None
+        spatial = load_spatial_branch(folder, channels) if branches in ("both", "spatial") else None
+        return cls(channels, fen, spatial, **options)
+
+    @property
+    def branches(self) -> str:
+        if self.fen is not None and self.spatial is not None:
+            return "both"
+        return "spectral" if self.fen is not None else ("spatial" if self.spatial is not None else "none")
+
+    def describe(self) -> dict:
+        return {"channels": self.channels, "branches": self.branches, "fusion": self.fusion,
+                "rx_precision": self.rx_precision,
+                "fen_backbone": getattr(self.fen, "backbone", None),
+                "spatial_backbone": getattr(self.spatial, "backbone", None)}
+
+    @torch.inference_mode()
+    def features(self, cubes: torch.Tensor):
+        """``(spectral, spatial)`` features ``(N, C, H, W)`` of normalised cubes (None for a missing branch)."""
+        spectral = self.fen(cubes) if self.fen is not None else None
+        spatial = self.spatial(cubes) if self.spatial is not None else None
+        return spectral, spatial
+
+    @torch.inference_mode()
+    def score(self, cubes: torch.Tensor) -> torch.Tensor:
+        """Anomaly maps ``(N, H, W)`` for normalised cubes ``(N, C, H, W)`` on any device."""
+        cubes = cubes.to(self.device, torch.float32)
+        spectral, spatial = self.features(cubes)
+        return detectors.fused_scores(cubes, spectral, spatial, self.fusion, self.rx_precision)
+
+    def enhanced(self, cubes: torch.Tensor) -> torch.Tensor:
+        """The cube plus all branch features: the input of the autoencoder detector."""
+        with torch.inference_mode():
+            cubes = cubes.to(self.device, torch.float32)
+            spectral, spatial = self.features(cubes)
+            total = cubes.clone()
+            for features in (spectral, spatial):
+                if features is not None:
+                    total += features
+        return total.clone()
+
+
+@dataclass
+class SceneResult:
+    name: str
+    auc: float
+    seconds: float
+    bands: str
+    shape: tuple
+    metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    def row(self) -> dict:
+        return {"name": self.name, "auc": self.auc, "seconds": self.seconds, "bands": self.bands,
+                "height": self.shape[0], "width": self.shape[1], **self.metrics, **self.extra}
+
+
+@dataclass
+class Evaluation:
+    results: list
+    scores: list
+    masks: list
+    total_seconds: float
+    config: dict
+
+    @property
+    def mean_auc(self) -> tuple[float, int]:
+        return mean_ignoring_nan(r.auc for r in self.results)
+
+
+def load_inputs(scenes: list[Scene], channels: int, band_policy: str, log=print):
+    """Load, validate and normalise every scene before any detection runs, so a bad file stops the
+    run before anything is written. Returns ``(cubes (H, W, C) float32, masks, band descriptions)``."""
+    cubes, masks, bands = [], [], []
+    for scene in scenes:
+        cube, mask = load_scene(scene)
+        prepared, description = prepare_cube(cube, channels, band_policy, str(scene.cube_path))
+        cubes.append(prepared)
+        masks.append(mask)
+        bands.append(description)
+        if not mask.any():
+            log(f"warning: {scene.cube_path}: the ground truth has no anomaly pixel; its AUC is undefined (NaN) "
+                "and left out of the mean")
+    return cubes, masks, bands
+
+
+def _batches(cubes: list, batch_size: int):
+    """Index lists of consecutive scenes with equal shapes, at most ``batch_size`` long."""
+    batch = []
+    for index, cube in enumerate(cubes):
+        if batch and (len(batch) == batch_size or cubes[batch[0]].shape != cube.shape):
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def evaluate(detector: Detector, scenes: list[Scene], band_policy: str = "interp", batch_size: int = 16,
+             detect: str = "RX", ae_steps: int = 50, ae_select: str = "last", seed: int = 0,
+             progress: bool = True, log=print) -> Evaluation:
+    """Score every scene and compute its AUC, 3D-ROC measures and F1-optimal threshold."""
+    if detect not in ("RX", "AE"):
+        raise ValueError("detect must be RX or AE")
+    cubes, masks, bands = load_inputs(scenes, detector.channels, band_policy, log)
+    scores: list = [None] * len(scenes)
+    seconds = [0.0] * len(scenes)
+    extras = [{} for _ in scenes]
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(scenes), desc=f"detect ({detect})", unit="scene", disable=not progress, leave=False)
+    started = time.perf_counter()
+    for batch in _batches(cubes, 1 if detect == "AE" else batch_size):
+        tick = time.perf_counter()
+        tensor = torch.from_numpy(np.stack([to_chw(cubes[i]) for i in batch]))
+        if detect == "RX":
+            maps = detector.score(tensor)
+            _synchronise(detector.device)
+            maps = maps.cpu().numpy()
+        else:
+            index = batch[0]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ae_map, info = detectors.autoencoder_scores(detector.enhanced(tensor), steps=ae_steps, seed=seed,
+                                                            select=ae_select, mask=masks[index], auc_fn=auc)
+            maps = ae_map.cpu().numpy()[None]
+            extras[index] = info
+        elapsed = (time.perf_counter() - tick) / len(batch)
+        for slot, index in enumerate(batch):
+            scores[index] = np.asarray(maps[slot], dtype=np.float64)
+            seconds[index] = elapsed
+        bar.update(len(batch))
+    bar.close()
+    total = time.perf_counter() - started
+    results = []
+    for index, scene in enumerate(scenes):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            scene_auc = auc(scores[index], masks[index])
+            metrics = roc3d_metrics(scores[index], masks[index])
+            f1 = (f1_optimal_threshold(scores[index], masks[index]) if masks[index].any()
+                  else {"threshold": math.nan, "f1": math.nan})
+        metrics.update({"f1": f1["f1"], "f1_threshold": f1["threshold"]})
+        results.append(SceneResult(scene.name, scene_auc, seconds[index], bands[index], cubes[index].shape[:2],
+                                   metrics, extras[index]))
+    config = {**detector.describe(), "detect": detect, "band_policy": band_policy, "batch_size": batch_size,
+              "device": str(detector.device)}
+    if detect == "AE":
+        config.update({"ae_steps": ae_steps, "ae_select": ae_select, "seed": seed,
+                       "ae_selection_uses_ground_truth": ae_select == "oracle"})
+    return Evaluation(results, scores, masks, total, config)
+
+
+def _stack_or_cells(arrays: list) -> np.ndarray:
+    if len({a.shape for a in arrays}) == 1:
+        return np.stack(arrays)
+    cells = np.empty(len(arrays), dtype=object)
+    cells[:] = arrays
+    return cells
+
+
+def summary_lines(evaluation: Evaluation, title: str) -> list[str]:
+    mean, covered = evaluation.mean_auc
+    n = len(evaluation.results)
+    oracle = " [ORACLE: AE step chosen on ground truth]" if evaluation.config.get("ae_selection_uses_ground_truth") else ""
+    lines = [f"{title}{oracle}"]
+    lines += [f"{r.name}: AUC {r.auc:.4f}  ({r.bands}, {r.seconds * 1000:.1f} ms)" for r in evaluation.results]
+    lines.append(f"mean AUC {mean:.4f} over {covered} of {n} scenes"
+                 + ("" if covered == n else f" ({n - covered} without anomaly pixels left out)"))
+    lines.append(f"total {evaluation.total_seconds:.2f} s, {evaluation.total_seconds / max(n, 1) * 1000:.1f} ms per scene")
+    return lines
+
+
+def write_outputs(save_dir, evaluation: Evaluation, run_config: dict, title: str) -> Path:
+    """Write ``each_auc.txt``, ``test_list.txt``, ``log.txt``, ``scores.mat``, ``gts.mat``,
+    ``results.json`` and ``results.csv`` all-or-nothing into ``save_dir``."""
+    save_dir = Path(save_dir)
+    results = evaluation.results
+    mean, covered = evaluation.mean_auc
+    oracle = bool(evaluation.config.get("ae_selection_uses_ground_truth"))
+    means = {name: mean_ignoring_nan(r.metrics[name] for r in results)[0] for name in METRIC_NAMES + ("f1",)}
+    payload = {
+        "title": title,
+        "scenes": [r.row() for r in results],
+        "mean_auc": mean,
+        "scenes_covered": covered,
+        "scenes_total": len(results),
+        "mean_metrics": means,
+        "total_seconds": evaluation.total_seconds,
+        "seconds_per_scene": evaluation.total_seconds / max(len(results), 1),
+        "oracle": oracle,
+        "config": {**run_config, **evaluation.config},
+        "versions": versions(),
+    }
+    if oracle:
+        payload["warning"] = "ORACLE: the autoencoder step was chosen by ground-truth AUC (--ae_select oracle)"
+    names = [r.name for r in results]
+    with OutputFolder(save_dir) as out:
+        write_text(out / "each_auc.txt", "".join(f"{r.name}:{r.auc}\n" for r in results)
+                   + (f"# ORACLE selection (--ae_select oracle)\n" if oracle else ""))
+        write_text(out / "test_list.txt", "".join(f"{name}\n" for name in names))
+        write_text(out / "log.txt", "\n".join(summary_lines(evaluation, title)) + "\n")
+        save_mat(out / "scores.mat", {"scores": _stack_or_cells(evaluation.scores), "names": np.array(names, dtype=object)})
+        save_mat(out / "gts.mat", {"gts": _stack_or_cells([m.astype(np.uint8) for m in evaluation.masks]),
+                                   "names": np.array(names, dtype=object)})
+        write_json(out / "results.json", payload)
+        buffer = _io.StringIO()
+        rows = [r.row() for r in results]
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        writer.writerow({"name": "mean", "auc": mean, **means,
+                         "seconds": payload["seconds_per_scene"]})
+        write_text(out / "results.csv", buffer.getvalue())
+    return save_dir

@@ -1,0 +1,70 @@
+"""Small shared helpers: devices, seeds, versions, repository paths."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import FersError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → the first CUDA device if there is one, else the CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FersError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise FersError(f"--device {name}: unknown device; use auto, cpu or cuda") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def git_revision() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict:
+    """Versions recorded with every run and result."""
+    from . import __version__
+
+    return {"fers": __version__, "git": git_revision(), "python": sys.version.split()[0],
+            "torch": torch.__version__, "numpy": np.__version__, "platform": platform.platform(),
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+            "threads": torch.get_num_threads()}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def default_threads() -> None:
+    """Use every core the process may run on (PyTorch sometimes sees the host's count in containers)."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:
+        available = os.cpu_count() or 1
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, available))
