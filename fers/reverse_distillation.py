@@ -11,6 +11,7 @@ full-resolution features. After training it is pruned to the :class:`~fers.fen.F
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .backbones import ARCHITECTURES, BasicBlock, Bottleneck, conv1x1, conv3x3, make_layer
@@ -115,15 +116,21 @@ class Decoder(nn.Module):
         self.layer2, inplanes = make_decoder_layer(deblock, inplanes, 128, blocks[1], base_width)
         self.layer3, inplanes = make_decoder_layer(deblock, inplanes, 64, blocks[2], base_width)
 
-    def forward(self, x):
-        coarse = self.layer1(x)
-        middle = self.layer2(coarse)
-        fine = self.layer3(middle)
-        return [fine, middle, coarse]
+    def forward(self, x, sizes=None):
+        """``sizes``: the teacher's (fine, middle, coarse) spatial sizes; each stage's output is
+        resized to them when the input size is not a multiple of 8 (training uses multiples)."""
+        outputs = []
+        for index, layer in enumerate((self.layer1, self.layer2, self.layer3)):
+            x = layer(x)
+            target = None if sizes is None else tuple(sizes[2 - index])
+            if target is not None and tuple(x.shape[-2:]) != target:
+                x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
+            outputs.append(x)
+        return outputs[::-1]
 
 
 class FERDNetwork(nn.Module):
-    """Stage-1 training network on cubes ``(N, C, H, W)`` with H, W multiples of 8.
+    """Stage-1 training network on cubes ``(N, C, H, W)`` (training crops are multiples of 8).
 
     ``forward`` returns a dict: ``teacher`` and ``student`` (lists of three ``(N, c_s, h_s, w_s)``
     maps, fine → coarse), ``reconstruction`` ``(N, C, H, W)``, ``teacher_logits`` and
@@ -180,7 +187,7 @@ class FERDNetwork(nn.Module):
         f2 = self.layer2(f1)
         f3 = self.layer3(f2)
         teacher = [f1, f2, f3]
-        student = self.decoder(self.bottleneck(teacher))
+        student = self.decoder(self.bottleneck(teacher), [t.shape[-2:] for t in teacher])
         crop = (slice(None), slice(None), slice(pad, -pad), slice(pad, -pad))
         classifier = self.fen.classifier
         return {
