@@ -1,0 +1,246 @@
+"""Training command lines: ``train_FERD/train.py`` (stage 1), ``train_FERS/train.py`` (stage 2) and
+the top-level ``train.py --stage 1|2|all``. Flag names follow the reference release."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..backbones import ARCHITECTURES
+from ..checkpoints import band_folder
+from ..datasets import had100_manifest
+from ..errors import FersError, cli_entry
+from ..fen import FEN, REFERENCE_BACKBONE
+from ..io import ensure_writable_dir
+from ..losses import BCE_INPUTS
+from ..training import (REFERENCE, SELECTIONS, SPATIAL_BN_MODES, Stage1, Stage2, TrainingInterrupted,
+                        TrainingOptions, default_run_dir, fit, load_run_state, load_stage1_for_stage2,
+                        prepare_run_dir, read_run_config, run_config, setup_distributed, shutdown_distributed,
+                        write_run_config)
+from ..training_data import CROP_MODES, HAD100_TRAIN_SENSORS, load_training_data
+from ..utils import DEVICES, REPO_ROOT, default_threads, seed_everything
+from .common import check_positive
+
+STAGES = {"1": "stage1", "2": "stage2"}
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, stages: tuple) -> None:
+    """The flags of both stages; ``stages`` says which stage-specific ones apply."""
+    add = parser.add_argument
+    add("--input_channel", type=int, default=50, help="bands C the model takes: the first C bands of every scene "
+        "(reference models: 50, 100, 200; default %(default)s)")
+    add("--data_path", default=str(REPO_ROOT / "data" / "HAD100Dataset"),
+        help="HAD100 root (training scenes in train/<sensor>/*.npy) or any folder of .mat/.npy/.npz scenes "
+             "(default: %(default)s)")
+    add("--sensor", default="aviris_ng", choices=HAD100_TRAIN_SENSORS,
+        help="HAD100 training sensor folder (default %(default)s)")
+    add("--checkpoint_dir", default=str(REPO_ROOT / "checkpoints"),
+        help="parent folder of <C>bands/: stage 1 writes convh.pt, enc.pt, pc.pt there, stage 2 reads them "
+             "and writes spa_fen.pt and restoration.pt (default: %(default)s)")
+    add("--device", choices=DEVICES, default="auto", help="auto = CUDA if available, else CPU (default %(default)s)")
+    add("--epochs", type=int, default=REFERENCE["epochs"], help="epochs (reference: %(default)s)")
+    add("--batch_size", type=int, default=REFERENCE["batch_size"],
+        help="crops per step, summed over all processes under torchrun (reference: %(default)s)")
+    add("--img_size", type=int, default=REFERENCE["img_size"],
+        help="crop size, a multiple of 8 (reference: %(default)s)")
+    add("--lr", type=float, default=REFERENCE["lr"],
+        help=f"Adam learning rate (reference: %(default)s, betas {REFERENCE['betas']})")
+    add("--seed", type=int, default=0, help="seed of initialisation, crops and data order (default %(default)s)")
+    if "stage1" in stages:
+        add("--backbone", choices=sorted(ARCHITECTURES), default=REFERENCE_BACKBONE,
+            help="stage-1 ImageNet teacher (reference: %(default)s; resnet18 or wide_resnet50_2 for quick CPU "
+                 "runs); the FEN records it so test.py rebuilds the same network")
+        add("--bce_input", choices=BCE_INPUTS, default="logits",
+            help="logits (default): classifier logits into BCE-with-logits; sigmoid: the reference's sigmoid "
+                 "output fed into BCE-with-logits")
+    add("--backbone_weights", default=None,
+        help="ImageNet weights: torchvision's .pth file, or a folder holding it (use a folder for --stage all, "
+             "which needs the teacher's and ResNet-34's files); default: $FERS_WEIGHTS_DIR, the torch.hub "
+             "cache, then a hash-checked download")
+    add("--no_pretrained", action="store_true",
+        help="train from RANDOMLY initialised backbones (no ImageNet weights): for tests and offline trials only")
+    if "stage2" in stages:
+        add("--spatial_bn", choices=SPATIAL_BN_MODES, default="eval",
+            help="eval (default): the frozen ResNet-34 keeps its ImageNet BatchNorm statistics; train: the "
+                 "reference, whose statistics drift with the training data")
+    add("--crop", choices=CROP_MODES, default="tile",
+        help="tile (default): non-overlapping img_size tiles of every scene (the whole scene for 64×64 HAD100 "
+             "cubes); random: crops at seeded random positions")
+    add("--crops_per_scene", type=int, default=None,
+        help="crops per scene with --crop random (default: as many as tiles fit)")
+    add("--selection", choices=SELECTIONS, default="last",
+        help="label-free model selection: last epoch (default) or lowest loss on held-out training crops")
+    add("--val_fraction", type=float, default=0.1,
+        help="share of training crops held out for --selection val_loss (default %(default)s)")
+    add("--select_on_test", action="store_true",
+        help="the reference's selection: keep the epoch with the best mean AUC on the HAD100 test set "
+             "(uses test labels; recorded in config.json, log.jsonl and the checkpoints)")
+    add("--log_test_auc", action="store_true",
+        help="log the HAD100 test-set mean AUC every epoch without selecting on it")
+    add("--run_dir", default=None, help="run folder (default: runs/<stage>_<C>bands_<time>/)")
+    add("--resume", default=None, metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last completed epoch with its recorded settings "
+             "(only --device, --workers and --no_progress may change)")
+    add("--workers", type=int, default=2, help="threads reading the training scenes (default %(default)s)")
+    add("--no_progress", action="store_true", help="no progress bar")
+
+
+def _check(parser, args) -> None:
+    check_positive(parser, input_channel=args.input_channel, epochs=args.epochs, batch_size=args.batch_size,
+                   img_size=args.img_size, workers=args.workers, crops_per_scene=args.crops_per_scene)
+    if args.img_size % 8:
+        parser.error(f"--img_size {args.img_size}: must be a multiple of 8")
+    if not args.lr > 0:
+        parser.error("--lr must be positive")
+    if not 0 < args.val_fraction < 1:
+        parser.error("--val_fraction must be between 0 and 1")
+
+
+def _options(args) -> TrainingOptions:
+    return TrainingOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, betas=REFERENCE["betas"],
+                           seed=args.seed, selection="test_auc" if args.select_on_test else args.selection,
+                           val_fraction=args.val_fraction, log_test_auc=args.log_test_auc,
+                           progress=not args.no_progress)
+
+
+def _agreed_run_dir(dist, path) -> Path:
+    """Rank 0 picks the default run folder; every process uses it."""
+    if dist.world_size > 1:
+        import torch.distributed
+
+        holder = [str(path)]
+        torch.distributed.broadcast_object_list(holder, src=0)
+        path = holder[0]
+    return Path(path)
+
+
+def train_stage(stage_name: str, args, resume_dir=None, recorded: dict | None = None) -> dict:
+    """Train one stage with parsed ``args`` (fresh, or resuming ``resume_dir`` with ``recorded`` config)."""
+    default_threads()
+    dist = setup_distributed(args.device)
+    try:
+        fresh = resume_dir is None
+        channels = args.input_channel
+        seed_everything(args.seed)
+        fen = None
+        if stage_name == "stage2":
+            fen = (load_stage1_for_stage2(args.checkpoint_dir, channels) if fresh
+                   else FEN(channels, recorded["network"]["fen_backbone"]))
+        data = load_training_data(args.data_path, channels, args.img_size, args.sensor, args.crop,
+                                  args.crops_per_scene, args.seed, args.workers)
+        if not fresh and data.manifest != recorded["data"]["manifest"]:
+            raise FersError(f"{args.data_path}: the training data changed since the run in {resume_dir} began "
+                            "(files or SHA-256 differ from its config.json); restore them or start a new run")
+        options = _options(args)
+        test_scenes = (had100_manifest(args.data_path, args.sensor)
+                       if options.selection == "test_auc" or options.log_test_auc else None)
+        pretrained = not args.no_pretrained
+        if stage_name == "stage1":
+            stage = Stage1(channels, args.backbone, dist.device, args.bce_input, args.backbone_weights, pretrained,
+                           load_backbone=fresh)
+        else:
+            stage = Stage2(channels, fen, dist.device, args.spatial_bn, args.backbone_weights, pretrained,
+                           load_backbone=fresh)
+        state = None
+        if fresh:
+            run_dir = _agreed_run_dir(dist, args.run_dir or default_run_dir(stage_name, channels))
+        else:
+            run_dir = Path(resume_dir)
+            state = load_run_state(run_dir)
+            if state is not None:
+                stage.weights_source = recorded["network"].get("backbone_weights", stage.weights_source)
+        if dist.is_main:
+            prepare_run_dir(run_dir, fresh)
+            ensure_writable_dir(band_folder(args.checkpoint_dir, channels), "--checkpoint_dir")
+            if fresh:
+                write_run_config(run_dir, run_config(stage, vars(args), data, options, dist))
+            print(f"{stage_name}: {len(data)} crops of {args.img_size}×{args.img_size}×{channels} from "
+                  f"{data.source}; {options.epochs} epochs, batch {options.batch_size}, device {dist.device}"
+                  f"{f' × {dist.world_size} processes' if dist.world_size > 1 else ''}; selection "
+                  f"{options.selection}{' (ON TEST LABELS, as the reference)' if options.selection == 'test_auc' else ''}"
+                  f"; run folder {run_dir}")
+        summary = fit(stage, data, options, run_dir, dist, args.checkpoint_dir, state, test_scenes)
+        if dist.is_main:
+            print(f"{stage_name} done: epoch {summary['selected_epoch']} exported to {summary['checkpoint_folder']} "
+                  f"(selection: {summary['selection']}); run folder {run_dir}")
+        return summary
+    finally:
+        shutdown_distributed(dist)
+
+
+def _interrupted(error: TrainingInterrupted) -> int:
+    print(f"\ninterrupted by signal {error.signum}; {error.run_dir}/state.pt holds the last completed epoch "
+          f"({error.epochs_done}). Resume with:\n  python {REPO_ROOT / 'train.py'} --resume {error.run_dir}",
+          file=sys.stderr)
+    return 128 + error.signum
+
+
+def _run(stages: list[str], args) -> int:
+    """Fresh run of one stage or of stage 1 then stage 2; or resume a recorded run."""
+    try:
+        if args.resume:
+            recorded = read_run_config(args.resume)
+            resumed = argparse.Namespace(**recorded["args"])
+            resumed.device, resumed.workers, resumed.no_progress = args.device, args.workers, args.no_progress
+            resumed.resume = args.resume
+            train_stage(recorded["stage"], resumed, args.resume, recorded)
+            if recorded["stage"] == "stage1" and recorded["args"].get("stage") == "all":
+                resumed.run_dir = str(Path(args.resume).parent / "stage2") if resumed.run_dir else None
+                train_stage("stage2", resumed)
+            return 0
+        base = args.run_dir
+        for stage_name in stages:
+            if base and len(stages) > 1:
+                args.run_dir = str(Path(base) / stage_name)
+            train_stage(stage_name, args)
+        return 0
+    except TrainingInterrupted as error:
+        sys.exit(_interrupted(error))
+
+
+def stage_parser(stage_name: str, prog: str) -> argparse.ArgumentParser:
+    titles = {"stage1": "Stage 1 (FERD): train the spectral FEN by reverse distillation and export "
+                        "convh.pt, enc.pt, pc.pt to <checkpoint_dir>/<C>bands/.",
+              "stage2": "Stage 2 (FERS): train the rebellious student (spatial branch) on the frozen stage-1 FEN "
+                        "and export spa_fen.pt to <checkpoint_dir>/<C>bands/."}
+    parser = argparse.ArgumentParser(prog=prog, description=titles[stage_name])
+    add_training_arguments(parser, (stage_name,))
+    return parser
+
+
+@cli_entry
+def stage1_main(argv=None):
+    parser = stage_parser("stage1", "train_FERD/train.py")
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    args.stage = "1"
+    return _run(["stage1"], args)
+
+
+@cli_entry
+def stage2_main(argv=None):
+    parser = stage_parser("stage2", "train_FERS/train.py")
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    args.stage = "2"
+    return _run(["stage2"], args)
+
+
+def main_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train.py", description="Train FERS: --stage 1 (FERD, the spectral FEN), 2 (the spatial branch on a "
+                                     "trained stage 1; the default, as step 2 of the reference README) or all.")
+    parser.add_argument("--stage", choices=("1", "2", "all"), default="2",
+                        help="1, 2 (default) or all = stage 1 then stage 2 with one command")
+    add_training_arguments(parser, ("stage1", "stage2"))
+    return parser
+
+
+@cli_entry
+def main(argv=None):
+    parser = main_parser()
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    stages = ["stage1", "stage2"] if args.stage == "all" else [STAGES[args.stage]]
+    return _run(stages, args)
