@@ -31,13 +31,68 @@ def _unit_scale(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels - low) / (high - low).clamp_min(torch.finfo(pixels.dtype).tiny)
 
 
+RX_CHOLESKY_MAX_CONDITION = 1e10  # estimated condition number above which RX takes the eigen (pinv) path
+
+
+def _inverse_norm_estimate(factor: torch.Tensor, probes: int = 4, steps: int = 2) -> torch.Tensor:
+    """A lower estimate of ``‖Σ⁻¹‖₂`` per matrix from its Cholesky factor ``(N, C, C)``: inverse
+    iteration on a few fixed pseudo-random vectors (a few ``C²`` solves, no decomposition)."""
+    n, c, _ = factor.shape
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(c, probes, generator=generator, dtype=factor.dtype).to(factor.device).expand(n, c, probes)
+    for _ in range(steps):
+        probe = torch.cholesky_solve(probe / torch.linalg.vector_norm(probe, dim=1, keepdim=True), factor)
+    return torch.linalg.vector_norm(probe, dim=1).amax(-1)
+
+
+def _rx_eigen(centred: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
+    """``zᵀ Σ⁺ z`` for ``centred`` ``(N, C, P)`` by a symmetric eigendecomposition, keeping eigenvalues
+    above ``1e-15 × λ_max``: the semantics of ``np.linalg.pinv``."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    cutoff = NUMPY_PINV_RCOND * eigenvalues.abs().amax(-1, keepdim=True)
+    keep = eigenvalues.abs() > cutoff
+    inverse = torch.where(keep, 1.0 / torch.where(keep, eigenvalues, torch.ones_like(eigenvalues)),
+                          torch.zeros_like(eigenvalues))
+    projected = eigenvectors.transpose(1, 2) @ centred
+    return (projected.square() * inverse.unsqueeze(-1)).sum(1)
+
+
+def _rx_float64(cubes: torch.Tensor) -> torch.Tensor:
+    """Float64 RX scores ``(N, P)`` of cubes ``(N, C, H, W)``.
+
+    Well-conditioned covariances (estimated condition number up to ``RX_CHOLESKY_MAX_CONDITION``,
+    where the pseudo-inverse truncates nothing and equals the inverse) are solved by Cholesky:
+    ``s = ‖L⁻¹ z‖²`` with ``Σ = L Lᵀ``, one triangular solve for all pixels. The others (rank-deficient:
+    duplicated bands, fewer pixels than bands) take the eigen path with ``np.linalg.pinv``'s cutoff.
+    """
+    n, c, h, w = cubes.shape
+    pixels = cubes.reshape(n, c, h * w).to(torch.float64, copy=True)
+    flat = pixels.reshape(n, -1)
+    span = (flat.amax(1) - flat.amin(1)).clamp_min(torch.finfo(torch.float64).tiny).view(-1, 1, 1)
+    centred = pixels.sub_(pixels.mean(2, keepdim=True)).div_(span)  # the min-max shift cancels when centring
+    covariance = centred @ centred.transpose(1, 2) / (h * w - 1)
+    factor, info = torch.linalg.cholesky_ex(covariance)
+    trace = torch.diagonal(covariance, dim1=-2, dim2=-1).sum(-1)
+    condition = trace * _inverse_norm_estimate(factor)
+    cholesky = (info == 0) & torch.isfinite(condition) & (condition <= RX_CHOLESKY_MAX_CONDITION)
+    if bool(cholesky.all()):
+        return torch.linalg.solve_triangular(factor, centred, upper=False).square_().sum(1)
+    scores = torch.empty(n, h * w, dtype=torch.float64, device=cubes.device)
+    fast = cholesky.nonzero().flatten()
+    if fast.numel():
+        scores[fast] = torch.linalg.solve_triangular(factor[fast], centred[fast], upper=False).square_().sum(1)
+    slow = (~cholesky).nonzero().flatten()
+    scores[slow] = _rx_eigen(centred[slow], covariance[slow])
+    return scores
+
+
 def rx_scores(cubes: torch.Tensor, precision: str = "float64") -> torch.Tensor:
     """Global RX scores ``(N, H, W)`` for cubes ``(N, C, H, W)`` (a batch of scenes, each with its
     own background statistics).
 
-    - ``float64``: covariance and solve in float64 by a symmetric eigendecomposition, keeping
-      eigenvalues above ``1e-15 × λ_max`` — the semantics (and, to rounding, the scores) of
-      ``np.linalg.pinv``; no per-pixel loop.
+    - ``float64``: covariance and solve in float64 with the semantics (and, to rounding, the scores)
+      of ``np.linalg.pinv``: a Cholesky solve when the covariance is well conditioned, else a
+      symmetric eigendecomposition keeping eigenvalues above ``1e-15 × λ_max``; no per-pixel loop.
     - ``float32``: the reference's 50-band path, in float32 with ``torch.linalg.pinv``'s default
       cutoff (``max(C, C) × eps32`` relative), which truncates small eigenvalues.
     """
@@ -51,16 +106,7 @@ def rx_scores(cubes: torch.Tensor, precision: str = "float64") -> torch.Tensor:
         inverse = torch.linalg.pinv(covariance)
         scores = ((centred @ inverse) * centred).sum(-1)
     elif precision == "float64":
-        pixels = _unit_scale(_as_pixels(cubes.double()))
-        centred = pixels - pixels.mean(1, keepdim=True)
-        covariance = centred.transpose(1, 2) @ centred / (centred.shape[1] - 1)
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-        cutoff = NUMPY_PINV_RCOND * eigenvalues.abs().amax(-1, keepdim=True)
-        keep = eigenvalues.abs() > cutoff
-        inverse = torch.where(keep, 1.0 / torch.where(keep, eigenvalues, torch.ones_like(eigenvalues)),
-                              torch.zeros_like(eigenvalues))
-        projected = centred @ eigenvectors
-        scores = (projected.square() * inverse.unsqueeze(1)).sum(-1)
+        scores = _rx_float64(cubes)
     else:
         raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
     return scores.reshape(n, h, w)
