@@ -18,15 +18,13 @@ values (mostly 0–0.6).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from .data_tools import staged_layout
 from .errors import FersError
 
 WAVELENGTH_RANGE_NM = (400.0, 2500.0)
@@ -34,7 +32,7 @@ BACKGROUND_MATERIALS = ("vegetation", "dry_grass", "soil", "water", "asphalt", "
 TARGET_MATERIALS = ("red_paint", "blue_plastic", "metal_panel", "green_tarp")
 # Defaults calibrated so that plain global RX reaches a mean AUC of about 0.94 on 64×64×100 scenes
 # (see docs/data.md for the measured figure): detectable, but not trivially.
-DEFAULT_NOISE = 0.008
+DEFAULT_NOISE = 0.012
 DEFAULT_TARGETS = 6
 
 
@@ -302,26 +300,15 @@ def write_had100_layout(root, n_train: int = 20, n_test: int = 10, size: int = 6
     """
     if n_train < 0 or n_test < 0 or n_train + n_test == 0:
         raise FersError(f"need at least one scene (n_train={n_train}, n_test={n_test})")
-    root = Path(root)
     parts = [Path("train") / sensor, Path("test") / sensor, Path("ground_truth") / sensor]
-    existing = [str(root / part) for part in parts if (root / part).exists()]
-    if existing and not overwrite:
-        raise FersError(f"{existing[0]}: already exists; choose an empty --output or pass --overwrite")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
-    except OSError as error:
-        raise FersError(f"{root}: cannot create the output folder ({error.strerror}); choose another --output") from None
     info = {"generator": "fers.synthetic", "seed": seed, "size": size, "bands": bands, "sensor": sensor,
             "n_train": n_train, "n_test": n_test, "n_targets": n_targets, "noise": noise,
             "wavelengths_nm": [float(WAVELENGTH_RANGE_NM[0]), float(WAVELENGTH_RANGE_NM[1])], "test_scenes": {}}
-    try:
-        for part in parts:
-            (staging / part).mkdir(parents=True)
-        base = seed * 1_000_003
+    base = seed * 1_000_003
+    with staged_layout(root, parts, overwrite) as staging:
         for index in range(n_train):
-            cube = make_background(size, size, bands, base + index, noise=noise)
-            np.save(staging / parts[0] / f"train_{index:04d}.npy", cube)
+            np.save(staging / parts[0] / f"train_{index:04d}.npy", make_background(size, size, bands, base + index,
+                                                                                  noise=noise))
             if progress:
                 progress()
         for index in range(n_test):
@@ -334,15 +321,4 @@ def write_had100_layout(root, n_train: int = 20, n_test: int = 10, size: int = 6
             if progress:
                 progress()
         (staging / f"synthetic_{sensor}.json").write_text(json.dumps(info, indent=2) + "\n")
-        for part in parts:
-            if (root / part).exists():
-                shutil.rmtree(root / part)
-            (root / part).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / part, root / part)
-        os.replace(staging / f"synthetic_{sensor}.json", root / f"synthetic_{sensor}.json")
-    except OSError as error:
-        raise FersError(f"{root}: cannot write the dataset ({error.strerror}); free disk space or "
-                        "choose another --output") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return info

@@ -1,0 +1,391 @@
+"""Data preparation and validation: ABU ``.mat`` → FERS_ABU layout, a checker for HAD100/ABU
+folders, and the synthetic HAD100-layout dataset.
+
+Layouts (see docs/data.md):
+
+- HAD100: ``<root>/train/<sensor>/*.npy`` (anomaly-free cubes), ``<root>/test/<sensor>/*.npy`` and
+  ``<root>/ground_truth/<sensor>/<name>.png`` (RGB PNG, channel 1 is read, anomalies 255).
+- FERS_ABU: the same ``test/`` + ``ground_truth/`` layout, sensor ``aviris``, grey PNGs.
+- ABU ``.mat``: a folder of files holding ``data`` (H×W×B) and ``map`` (H×W, non-zero = anomaly).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FersError
+from .io import load_cube, load_mask, save_mask_png
+from .preprocessing import NODATA_VALUES
+
+LAYOUTS = ("auto", "had100", "abu")
+CUBE_SUFFIX = ".npy"
+MASK_SUFFIX = ".png"
+
+
+# --------------------------------------------------------------------------- staging
+
+
+@contextlib.contextmanager
+def staged_layout(root, parts, overwrite: bool = False, flag: str = "--output"):
+    """All-or-nothing writing of dataset folders.
+
+    Yields a hidden staging folder inside ``root``; the caller writes ``staging/<part>/...`` for each
+    relative folder in ``parts`` (and any top-level files). When the block succeeds, each part
+    replaces ``root/<part>`` and the top-level files are moved beside them; on failure nothing in
+    ``root`` changes. An existing ``root/<part>`` is an error unless ``overwrite``.
+    """
+    root = Path(root)
+    parts = [Path(part) for part in parts]
+    existing = [root / part for part in parts if (root / part).exists()]
+    if existing and not overwrite:
+        raise FersError(f"{existing[0]}: already exists; choose an empty {flag} or pass --overwrite")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
+    except OSError as error:
+        raise FersError(f"{root}: cannot create the output folder ({error.strerror}); choose another {flag}") from None
+    try:
+        for part in parts:
+            (staging / part).mkdir(parents=True)
+        yield staging
+        for part in parts:
+            if (root / part).exists():
+                shutil.rmtree(root / part)
+            (root / part).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / part, root / part)
+        for item in sorted(staging.iterdir()):
+            if item.is_file():
+                os.replace(item, root / item.name)
+    except OSError as error:
+        raise FersError(f"{root}: cannot write the dataset ({error.strerror or error}); free disk space or "
+                        f"choose another {flag}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- prepare_abu
+
+
+def prepare_abu(abu_dir, output, sensor: str = "aviris", overwrite: bool = False) -> list[dict]:
+    """Convert every ABU ``.mat`` in ``abu_dir`` to ``output/test/<sensor>/<scene>.npy`` (the ``data``
+    cube, dtype and values kept) and ``output/ground_truth/<sensor>/<scene>.png`` (grey, anomalies
+    255). All or nothing. Returns one record per scene (name, shape, dtype, anomaly pixels)."""
+    abu_dir = Path(abu_dir)
+    if not abu_dir.is_dir():
+        raise FersError(f"{abu_dir}: ABU folder not found; pass --abu_dir (a folder of ABU .mat files)")
+    mats = sorted(abu_dir.glob("*.mat"))
+    if not mats:
+        raise FersError(f"{abu_dir}: no .mat files; pass --abu_dir the folder holding abu-*.mat")
+    records = []
+    parts = [Path("test") / sensor, Path("ground_truth") / sensor]
+    with staged_layout(output, parts, overwrite) as staging:
+        for path in mats:
+            cube = load_cube(path)
+            mask = load_mask(path)
+            if mask.shape != cube.shape[:2]:
+                raise FersError(f"{path}: ground truth 'map' is {mask.shape[0]}×{mask.shape[1]} but the cube is "
+                                f"{cube.shape[0]}×{cube.shape[1]}; fix or remove this file")
+            np.save(staging / parts[0] / f"{path.stem}{CUBE_SUFFIX}", cube)
+            save_mask_png(staging / parts[1] / f"{path.stem}{MASK_SUFFIX}", mask)
+            records.append({"name": path.stem, "shape": list(cube.shape), "dtype": str(cube.dtype),
+                            "anomaly_pixels": int(mask.sum())})
+    return records
+
+
+# --------------------------------------------------------------------------- check
+
+
+@dataclass
+class SceneCheck:
+    """What ``check`` found for one cube (and its ground truth, for test scenes)."""
+
+    group: str  # e.g. "test/aviris_ng", "train/aviris", "mat"
+    name: str
+    cube_path: str
+    gt_path: str | None = None
+    shape: list | None = None
+    dtype: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    nan_values: int = 0
+    inf_values: int = 0
+    nodata_pixels: int = 0
+    anomaly_pixels: int | None = None
+    problems: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def status(self) -> str:
+        return "OK" if self.ok else "; ".join(self.problems)
+
+
+@dataclass
+class CheckReport:
+    root: str
+    layout: str
+    scenes: list
+    warnings: list = field(default_factory=list)
+
+    @property
+    def problems(self) -> list:
+        return [scene for scene in self.scenes if not scene.ok]
+
+    def as_dict(self) -> dict:
+        return {"root": self.root, "layout": self.layout, "ok": not self.problems,
+                "scenes": [dict(asdict(s), status=s.status) for s in self.scenes], "warnings": self.warnings}
+
+
+def _strip_path(message: str, *paths) -> str:
+    """Messages of fers.io start with the file name; the table shows the file already."""
+    for path in paths:
+        if path is not None and message.startswith(f"{path}: "):
+            return message[len(f"{path}: "):]
+    return message
+
+
+def inspect_cube(cube: np.ndarray) -> tuple[dict, list]:
+    """Statistics of a ``(rows, cols, bands)`` cube and the problems that make it unusable:
+    empty, NaN/Inf values, no-data fill values, constant."""
+    stats = {"shape": list(cube.shape), "dtype": str(cube.dtype)}
+    problems = []
+    if cube.size == 0:
+        return stats, [f"empty cube (shape {tuple(cube.shape)})"]
+    if cube.dtype.kind == "f":
+        nan = np.isnan(cube)
+        inf = np.isinf(cube)
+        stats["nan_values"], stats["inf_values"] = int(nan.sum()), int(inf.sum())
+        bad = nan | inf
+        if bad.any():
+            bands = int(bad.any(axis=(0, 1)).sum())
+            full = int(bad.all(axis=(0, 1)).sum())
+            detail = f", {full} band(s) entirely" if full else ""
+            problems.append(f"{stats['nan_values']} NaN and {stats['inf_values']} Inf value(s) in {bands} "
+                            f"band(s){detail}")
+        finite = cube[~bad] if bad.any() else cube
+    else:
+        finite = cube
+    if finite.size == 0:
+        return stats, problems
+    low, high = finite.min(), finite.max()
+    stats["minimum"], stats["maximum"] = float(low), float(high)
+    nodata = np.zeros(cube.shape[:2], dtype=bool)
+    found = []
+    for value in NODATA_VALUES:
+        if low - 1e-6 * abs(value) <= value <= high + 1e-6 * abs(value):
+            hit = np.isclose(cube, value, rtol=1e-6, atol=0).any(axis=2)
+            if hit.any():
+                found.append(f"{value:g}")
+                nodata |= hit
+    stats["nodata_pixels"] = int(nodata.sum())
+    if found:
+        problems.append(f"no-data value {', '.join(found)} in {int(nodata.sum())} pixel(s)")
+    if not high > low:
+        problems.append(f"constant cube (every value is {float(low):g})")
+    return stats, problems
+
+
+def check_scene(group: str, name: str, cube_path: Path, gt_path: Path | None, mask_in_cube: bool = False,
+                needs_mask: bool = True) -> SceneCheck:
+    """Read one cube (and its ground truth) and record everything wrong with it; never raises."""
+    result = SceneCheck(group, name, str(cube_path), str(gt_path) if gt_path else None)
+    try:
+        cube = load_cube(cube_path)
+        stats, problems = inspect_cube(cube)
+        for key, value in stats.items():
+            setattr(result, key, value)
+        result.problems += problems
+    except FersError as error:
+        result.problems.append(f"unreadable cube: {_strip_path(str(error), cube_path)}")
+        cube = None
+    except Exception as error:  # noqa: BLE001 - a checker reports, it does not crash
+        result.problems.append(f"unreadable cube: {error.__class__.__name__}: {error}")
+        cube = None
+    if not needs_mask:
+        return result
+    mask_source = cube_path if mask_in_cube else gt_path
+    if mask_source is None or not Path(mask_source).is_file():
+        result.problems.append(f"no ground truth (expected {gt_path})")
+        return result
+    try:
+        mask = load_mask(mask_source)
+    except FersError as error:
+        result.problems.append(f"unreadable ground truth: {_strip_path(str(error), mask_source)}")
+        return result
+    except Exception as error:  # noqa: BLE001
+        result.problems.append(f"unreadable ground truth: {error.__class__.__name__}: {error}")
+        return result
+    result.anomaly_pixels = int(mask.sum())
+    if cube is not None and mask.shape != cube.shape[:2]:
+        result.problems.append(f"ground truth is {mask.shape[0]}×{mask.shape[1]} but the cube is "
+                               f"{cube.shape[0]}×{cube.shape[1]}")
+    elif not mask.any():
+        result.problems.append("ground truth has no anomaly pixel (AUC undefined)")
+    elif mask.all():
+        result.problems.append("ground truth marks every pixel as anomaly (AUC undefined)")
+    return result
+
+
+def _paired_checks(root: Path, sensor: str | None) -> list[SceneCheck]:
+    checks = []
+    for split in ("train", "test"):
+        split_root = root / split
+        if not split_root.is_dir():
+            continue
+        sensors = [sensor] if sensor else sorted(p.name for p in split_root.iterdir() if p.is_dir())
+        for name in sensors:
+            folder = split_root / name
+            if not folder.is_dir():
+                raise FersError(f"{folder}: sensor folder not found; check --sensor")
+            group = f"{split}/{name}"
+            cubes = sorted(folder.glob(f"*{CUBE_SUFFIX}"))
+            for cube_path in cubes:
+                gt_path = root / "ground_truth" / name / f"{cube_path.stem}{MASK_SUFFIX}"
+                checks.append(check_scene(group, cube_path.stem, cube_path, gt_path if split == "test" else None,
+                                          needs_mask=split == "test"))
+            if split == "test":
+                stems = {p.stem for p in cubes}
+                for orphan in sorted((root / "ground_truth" / name).glob(f"*{MASK_SUFFIX}")):
+                    if orphan.stem not in stems:
+                        checks.append(SceneCheck(group, orphan.stem, str(folder / f"{orphan.stem}{CUBE_SUFFIX}"),
+                                                 str(orphan), problems=["ground truth without a cube"]))
+    return checks
+
+
+def detect_layout(root) -> str:
+    """``abu`` for a folder of ``.mat`` files, ``had100`` for a ``train/``/``test/`` layout."""
+    root = Path(root)
+    if any(root.glob("*.mat")):
+        return "abu"
+    if (root / "test").is_dir() or (root / "train").is_dir():
+        return "had100"
+    hint = ""
+    if (root / "HAD100Dataset").is_dir():
+        hint = f" (did you mean {root / 'HAD100Dataset'}?)"
+    raise FersError(f"{root}: neither a HAD100/FERS_ABU folder (test/<sensor>/*.npy) nor a folder of ABU "
+                    f".mat files{hint}; pass the dataset root")
+
+
+def check_dataset(root, layout: str = "auto", sensor: str | None = None) -> CheckReport:
+    """Validate every cube and ground truth of a HAD100, FERS_ABU or ABU ``.mat`` folder.
+
+    Folder-level problems (missing folder, no scenes) raise :class:`FersError`; problems of single
+    files are collected per scene in the report.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise FersError(f"{root}: dataset folder not found; pass the folder holding test/ (HAD100, FERS_ABU) "
+                        "or the ABU .mat files")
+    if layout == "auto":
+        layout = detect_layout(root)
+    mats = sorted(root.glob("*.mat"))
+    if layout == "abu" and mats:
+        checks = [check_scene("mat", p.stem, p, None, mask_in_cube=True) for p in mats]
+    else:
+        if not (root / "test").is_dir() and not (root / "train").is_dir():
+            raise FersError(f"{root}: no test/ or train/ folder; this is not a {layout.upper()} layout "
+                            "(use --layout auto)")
+        checks = _paired_checks(root, sensor)
+        if layout == "had100" and not (root / "test").is_dir():
+            checks.append(SceneCheck("test", "-", str(root / "test"), None,
+                                     problems=["no test/ folder: test.py needs test/<sensor>/*.npy"]))
+    if not checks:
+        raise FersError(f"{root}: no scenes found (no *.mat, no test/<sensor>/*{CUBE_SUFFIX}, "
+                        f"no train/<sensor>/*{CUBE_SUFFIX}); check the path")
+    return CheckReport(str(root), layout, checks, _band_warnings(checks))
+
+
+def _band_warnings(checks) -> list[str]:
+    warnings = []
+    groups = {}
+    for check in checks:
+        if check.shape and len(check.shape) == 3:
+            groups.setdefault(check.group, []).append(check.shape[2])
+    for group, bands in groups.items():
+        counts = {b: bands.count(b) for b in sorted(set(bands))}
+        if len(counts) > 1:
+            listed = ", ".join(f"{b} bands ({n} scene{'s' if n > 1 else ''})" for b, n in counts.items())
+            warnings.append(f"{group}: band counts differ: {listed}; models take the first C bands "
+                            "(interpolated when a scene has fewer, --band_policy)")
+        if min(counts) < 50:
+            warnings.append(f"{group}: {min(counts)} bands is fewer than the smallest model (50); "
+                            "test.py will interpolate bands (--band_policy interp)")
+    return warnings
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def report_lines(report: CheckReport) -> list[str]:
+    """The summary table (one row per scene) and the list of problems with full paths."""
+    header = ("scene", "size", "dtype", "min", "max", "anomaly px", "status")
+    rows = []
+    for s in report.scenes:
+        size = "×".join(str(n) for n in s.shape) if s.shape else "-"
+        rows.append((f"{s.group}/{s.name}", size, s.dtype or "-", _number(s.minimum), _number(s.maximum),
+                     "-" if s.anomaly_pixels is None else str(s.anomaly_pixels), s.status))
+    widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header) - 1)]
+    lines = [f"{report.root} ({report.layout} layout): {len(report.scenes)} cube(s)"]
+    for row in [header] + rows:
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    problems = report.problems
+    lines.append("")
+    for warning in report.warnings:
+        lines.append(f"warning: {warning}")
+    if problems:
+        lines.append(f"{len(problems)} of {len(report.scenes)} scene(s) have problems:")
+        for s in problems:
+            where = s.cube_path
+            if s.gt_path and any(p.startswith(("ground truth", "unreadable ground truth", "no ground truth"))
+                                 for p in s.problems):
+                where = f"{s.cube_path} / {s.gt_path}"
+            lines.append(f"  {where}: {s.status}")
+    else:
+        lines.append(f"all {len(report.scenes)} scene(s) OK")
+    return lines
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def make_synthetic(output, n_train: int, n_test: int, size: int, bands: int, seed: int, sensor: str = "aviris_ng",
+                   n_targets: int | None = None, noise: float | None = None, overwrite: bool = False) -> dict:
+    """Write a synthetic HAD100-layout dataset (see :mod:`fers.synthetic`)."""
+    from . import synthetic
+
+    options = {}
+    if n_targets is not None:
+        options["n_targets"] = n_targets
+    if noise is not None:
+        options["noise"] = noise
+    return synthetic.write_had100_layout(output, n_train, n_test, size, bands, seed, sensor,
+                                         overwrite=overwrite, **options)
+
+
+def rx_baseline(root, sensor: str = "aviris_ng") -> list[tuple[str, float]]:
+    """Plain global RX AUC (float64) per test scene of a HAD100-layout folder."""
+    import torch
+
+    from .datasets import had100_manifest, load_scene
+    from .detectors import rx_scores
+    from .metrics import auc
+    from .preprocessing import to_chw
+
+    results = []
+    for scene in had100_manifest(root, sensor):
+        cube, mask = load_scene(scene)
+        cubes = torch.from_numpy(to_chw(cube))[None]
+        results.append((scene.name, auc(rx_scores(cubes)[0].numpy(), mask)))
+    return results
