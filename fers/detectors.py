@@ -170,49 +170,74 @@ def fused_scores(cubes, spectral_features=None, spatial_features=None, fusion: s
             * unit_range(rx_scores(cubes + spectral_features, precision)))
 
 
-def local_rx_scores(cube: torch.Tensor, inner: int = 5, outer: int = 15, ridge: float = 1e-6) -> torch.Tensor:
-    """Local dual-window RX ``(H, W)`` for one cube ``(C, H, W)``: each pixel against the mean
-    and covariance of the ring between an ``inner`` and an ``outer`` square window (odd sizes),
-    with a ridge of ``ridge × trace/C`` for stability. Windows are cut at the borders."""
-    if inner % 2 == 0 or outer % 2 == 0 or inner >= outer:
-        raise ValueError("inner and outer must be odd with inner < outer")
-    c, h, w = cube.shape
-    data = cube.double()
-    data = (data - data.min()) / (data.max() - data.min()).clamp_min(1e-300)
-    pixels = data.reshape(c, -1).T  # (P, C)
-    outer_r, inner_r = outer // 2, inner // 2
-    # Integral images of x and x xᵀ give each window's sums in O(1) per pixel.
-    first = torch.zeros(h + 1, w + 1, c, dtype=torch.float64, device=cube.device)
-    first[1:, 1:] = data.permute(1, 2, 0).cumsum(0).cumsum(1)
-    outer_products = torch.einsum("pi,pj->pij", pixels, pixels).reshape(h, w, c * c)
-    second = torch.zeros(h + 1, w + 1, c * c, dtype=torch.float64, device=cube.device)
-    second[1:, 1:] = outer_products.cumsum(0).cumsum(1)
-    del outer_products
-    rows = torch.arange(h, device=cube.device)
-    cols = torch.arange(w, device=cube.device)
+def local_rx_scores(cube: torch.Tensor, inner: int = 5, outer: int = 15, ridge: float = 1e-6,
+                    components: int | None = 20, memory_mb: int = 256) -> torch.Tensor:
+    """Local dual-window RX ``(H, W)`` for one cube ``(C, H, W)``.
 
-    def window(table, radius):
-        r0 = (rows - radius).clamp(0, h)
-        r1 = (rows + radius + 1).clamp(0, h)
+    Each pixel is scored against the mean and covariance of the ring between an ``inner`` and an
+    ``outer`` square window (odd sizes, cut at the scene borders), with a ridge of
+    ``ridge × trace/k`` added to the ring covariance for stability.
+
+    ``components``: the cube (min-max scaled to [0, 1]) is first projected on its first
+    ``components`` principal components (global PCA); ``None`` or 0 keeps every band. Window sums
+    come from integral images of ``x`` and ``x xᵀ`` built over strips of rows, so memory stays near
+    ``memory_mb`` (a strip holds ``(rows + outer) · W · k²`` float64 values) instead of ``H·W·k²``.
+    """
+    if inner % 2 == 0 or outer % 2 == 0 or inner >= outer or inner < 1:
+        raise ValueError("inner and outer must be odd with 1 <= inner < outer")
+    if components is not None and components < 0:
+        raise ValueError("components must be None, 0 (all bands) or positive")
+    c, h, w = cube.shape
+    device = cube.device
+    data = cube.double().reshape(c, -1).T  # (P, C)
+    data = (data - data.min()) / (data.max() - data.min()).clamp_min(1e-300)
+    if components and components < c:
+        centred = data - data.mean(0)
+        _, eigenvectors = torch.linalg.eigh(centred.T @ centred)
+        data = centred @ eigenvectors[:, -components:].flip(-1)
+    k = data.shape[1]
+    image = data.reshape(h, w, k)
+    outer_r, inner_r = outer // 2, inner // 2
+    bytes_per_row = 3 * (w + 1) * k * k * 8
+    block = max(1, int(memory_mb * 2 ** 20 // bytes_per_row) - 2 * outer_r)
+    cols = torch.arange(w, device=device)
+    eye = torch.eye(k, dtype=torch.float64, device=device)
+    scores = torch.empty(h, w, dtype=torch.float64, device=device)
+
+    def ring_sums(table, rows, radius, top):
+        """Window sums ``(len(rows), W, ·)`` of an integral ``table`` whose row 0 is scene row ``top``."""
+        r0 = (rows - radius).clamp(0, h) - top
+        r1 = (rows + radius + 1).clamp(0, h) - top
         c0 = (cols - radius).clamp(0, w)
         c1 = (cols + radius + 1).clamp(0, w)
-        total = (table[r1][:, c1] - table[r0][:, c1] - table[r1][:, c0] + table[r0][:, c0])
+        total = table[r1][:, c1] - table[r0][:, c1] - table[r1][:, c0] + table[r0][:, c0]
         count = ((r1 - r0).view(-1, 1) * (c1 - c0).view(1, -1)).double()
         return total, count
 
-    sum_outer, n_outer = window(first, outer_r)
-    sum_inner, n_inner = window(first, inner_r)
-    sq_outer, _ = window(second, outer_r)
-    sq_inner, _ = window(second, inner_r)
-    count = (n_outer - n_inner).unsqueeze(-1)
-    mean = (sum_outer - sum_inner) / count
-    scatter = ((sq_outer - sq_inner) / count).reshape(h, w, c, c) - torch.einsum("hwi,hwj->hwij", mean, mean)
-    covariance = scatter * (count / (count - 1)).unsqueeze(-1)
-    trace = torch.diagonal(covariance, dim1=-2, dim2=-1).sum(-1) / c
-    covariance = covariance + ridge * trace[..., None, None] * torch.eye(c, dtype=torch.float64, device=cube.device)
-    difference = (data.permute(1, 2, 0) - mean).unsqueeze(-1)
-    solved = torch.linalg.solve(covariance, difference)
-    return (difference * solved).sum((-2, -1)).float()
+    for start in range(0, h, block):
+        stop = min(h, start + block)
+        top, bottom = max(0, start - outer_r), min(h, stop + outer_r)
+        strip = image[top:bottom]
+        first = torch.zeros(bottom - top + 1, w + 1, k, dtype=torch.float64, device=device)
+        first[1:, 1:] = strip.cumsum(0).cumsum(1)
+        second = torch.zeros(bottom - top + 1, w + 1, k * k, dtype=torch.float64, device=device)
+        second[1:, 1:] = torch.einsum("hwi,hwj->hwij", strip, strip).reshape(bottom - top, w, k * k).cumsum(0).cumsum(1)
+        rows = torch.arange(start, stop, device=device)
+        sum_outer, n_outer = ring_sums(first, rows, outer_r, top)
+        sum_inner, n_inner = ring_sums(first, rows, inner_r, top)
+        sq_outer, _ = ring_sums(second, rows, outer_r, top)
+        sq_inner, _ = ring_sums(second, rows, inner_r, top)
+        del first, second
+        count = (n_outer - n_inner).unsqueeze(-1)
+        mean = (sum_outer - sum_inner) / count
+        scatter = ((sq_outer - sq_inner) / count).reshape(stop - start, w, k, k) - mean.unsqueeze(-1) * mean.unsqueeze(-2)
+        covariance = scatter * (count / (count - 1)).unsqueeze(-1)
+        trace = torch.diagonal(covariance, dim1=-2, dim2=-1).sum(-1) / k
+        covariance = covariance + ridge * trace[..., None, None] * eye
+        difference = (image[start:stop] - mean).unsqueeze(-1)
+        solved = torch.linalg.solve(covariance, difference)
+        scores[start:stop] = (difference * solved).sum((-2, -1))
+    return scores.float()
 
 
 class PixelAutoencoder(torch.nn.Module):

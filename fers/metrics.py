@@ -121,3 +121,22 @@ def mean_ignoring_nan(values) -> tuple[float, int]:
     values = np.asarray(list(values), dtype=np.float64)
     defined = values[np.isfinite(values)]
     return (float(defined.mean()) if defined.size else math.nan), int(defined.size)
+
+
+def detection_metrics(scores, mask, adaptive: bool = False) -> dict:
+    """Every per-scene measure in one row: ``auc``, the nine 3D-ROC measures, ``f1`` and
+    ``f1_threshold``; with ``adaptive`` also the adaptive 3D-ROC measures prefixed ``adaptive_``.
+    A mask without anomaly (or without background) gives NaN everywhere and one warning."""
+    scores, mask = _split(scores, mask)
+    if not mask.any() or mask.all():
+        warnings.warn("metrics undefined: the ground truth has no "
+                      + ("anomaly" if not mask.any() else "background") + " pixel", RuntimeWarning, stacklevel=2)
+        names = ("auc",) + METRIC_NAMES + ("f1", "f1_threshold")
+        names += tuple(f"adaptive_{name}" for name in METRIC_NAMES) if adaptive else ()
+        return {name: math.nan for name in names}
+    row = {"auc": auc(scores, mask), **roc3d_metrics(scores, mask)}
+    best = f1_optimal_threshold(scores, mask)
+    row.update({"f1": best["f1"], "f1_threshold": best["threshold"]})
+    if adaptive:
+        row.update({f"adaptive_{name}": value for name, value in roc3d_metrics(scores, mask, adaptive=True).items()})
+    return row
