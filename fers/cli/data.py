@@ -9,7 +9,9 @@ from pathlib import Path
 from .. import data_tools
 from ..errors import EXIT_USAGE, cli_entry
 from ..io import write_json
-from ..utils import REPO_ROOT
+
+# Not fers.utils.REPO_ROOT: importing fers.utils loads torch, which check/prepare_abu do not need.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def prepare_abu_parser() -> argparse.ArgumentParser:
