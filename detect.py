@@ -1,0 +1,11 @@
+"""Detect anomalies in one scene of any size: ``python detect.py SCENE [--gt MASK]``. See ``--help``."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fers.cli.detect import main  # noqa: E402
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,324 @@
+"""Detection on a scene of any size: overlapping tiles, blended without seams, with the RX
+background taken per tile (as the method is trained on 64×64 patches) or over the whole scene.
+
+Layout: cubes are ``(rows, cols, bands)`` NumPy arrays; tiles go through
+:class:`fers.evaluation.Detector` as ``(N, C, tile, tile)`` batches.
+
+Memory is bounded by the scene itself: the normalised cube (float32, ``H·W·C·4`` bytes), one
+feature accumulator of the same size in ``global`` mode (two for the product fusion), and
+row chunks of a few tens of MB for everything computed in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import detectors
+from .errors import FersError
+from .preprocessing import INPUT_SCALE, NODATA_VALUES, apply_band_policy, to_chw
+
+BACKGROUNDS = ("tile", "global")
+CHUNK_BYTES = 64 * 2 ** 20  # float64 working set of one row chunk
+MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution × this = its standard deviation
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+def _chunk_rows(cube_shape, itemsize: int = 8) -> int:
+    rows, cols, bands = cube_shape
+    return max(1, CHUNK_BYTES // max(1, cols * bands * itemsize))
+
+
+def prepare_scene(cube: np.ndarray, channels: int, band_policy: str = "interp", name: str = "cube"):
+    """The network input of a whole scene, ``(H, W, C)`` float32, and the band-policy description.
+
+    Gives exactly :func:`fers.preprocessing.prepare_cube` (same checks, same band policy, the
+    reference scaling with the min and max of the whole scene), computed in row chunks so that a
+    scene of ``H·W·C`` values needs ``H·W·C`` float32 plus one chunk in float64, not several
+    float64 copies of the scene. ``cube`` may be a read-only memory map.
+    """
+    if cube.ndim != 3:
+        raise FersError(f"{name}: expected a 3-D cube (rows, cols, bands), got shape {tuple(cube.shape)}")
+    rows = _chunk_rows(cube.shape)
+    bad, nodata = 0, 0
+    low, high = math.inf, -math.inf
+    description = ""
+    for start in range(0, cube.shape[0], rows):
+        chunk = np.asarray(cube[start:start + rows])
+        if chunk.dtype.kind == "f":
+            bad += int((~np.isfinite(chunk)).any(axis=2).sum())
+            if bad:
+                continue
+        chunk_low, chunk_high = float(np.min(chunk)), float(np.max(chunk))
+        flagged = np.zeros(chunk.shape[:2], dtype=bool)
+        for value in NODATA_VALUES:
+            if chunk_low - 1e-6 * abs(value) <= value <= chunk_high + 1e-6 * abs(value):
+                flagged |= np.isclose(chunk, value, rtol=1e-6, atol=0).any(axis=2)
+        nodata += int(flagged.sum())
+        selected, description = apply_band_policy(chunk, channels, band_policy, name)
+        low, high = min(low, float(np.min(selected))), max(high, float(np.max(selected)))
+    if bad:
+        raise FersError(f"{name}: {bad} pixel(s) hold NaN or Inf values; "
+                        "fill or crop them before detection (FERS does not guess missing data)")
+    if nodata:
+        raise FersError(f"{name}: {nodata} pixel(s) hold a no-data fill value "
+                        f"(one of {', '.join(f'{v:g}' for v in NODATA_VALUES)}); "
+                        "crop them out or fill them before detection")
+    if not high > low:
+        raise FersError(f"{name}: the selected {channels} bands are constant; nothing to detect")
+    prepared = np.empty(cube.shape[:2] + (channels,), dtype=np.float32)
+    for start in range(0, cube.shape[0], rows):
+        selected, _ = apply_band_policy(np.asarray(cube[start:start + rows]), channels, band_policy, name)
+        data = np.asarray(selected, dtype=np.float64)
+        # The reference scaling of fers.preprocessing.normalize_cube, with the whole scene's range.
+        prepared[start:start + rows] = INPUT_SCALE * (2.0 * (data - low) / (high - low) - 1.0)
+    return prepared, description
+
+
+# --------------------------------------------------------------------------- tiling
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of length ``min(tile, size)`` covering ``[0, size)``.
+
+    The fewest tiles whose neighbours overlap by at least ``overlap`` pixels, spread evenly so
+    that the first starts at 0 and the last ends at ``size`` (every tile has the same length).
+    """
+    if tile < 1 or overlap < 0 or overlap >= tile:
+        raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
+    if size <= tile:
+        return [0]
+    count = math.ceil((size - overlap) / (tile - overlap))
+    return [int(round(i * (size - tile) / (count - 1))) for i in range(count)]
+
+
+def blend_weights(starts: list[int], length: int) -> list[np.ndarray]:
+    """1-D blending weights, one array of ``length`` per tile.
+
+    Where two neighbouring tiles overlap by ``o`` pixels, the first fades out as ``cos²`` and the
+    second fades in as ``sin²`` of ``π/2 · (i + ½)/o``: the two weights sum to exactly 1 and
+    change smoothly, so stitched maps have no steps. Scene borders are not faded.
+    """
+    weights = []
+    for index, start in enumerate(starts):
+        weight = np.ones(length)
+        if index > 0:
+            fade = starts[index - 1] + length - start
+            weight[:fade] = np.minimum(weight[:fade], np.sin(0.5 * np.pi * (np.arange(fade) + 0.5) / fade) ** 2)
+        if index < len(starts) - 1:
+            fade = start + length - starts[index + 1]
+            ramp = np.cos(0.5 * np.pi * (np.arange(fade) + 0.5) / fade) ** 2
+            weight[length - fade:] = np.minimum(weight[length - fade:], ramp)
+        weights.append(weight)
+    return weights
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tiles of ``tile_rows × tile_cols`` covering an ``H × W`` scene."""
+
+    height: int
+    width: int
+    tile: int
+    overlap: int
+
+    @property
+    def tile_rows(self) -> int:
+        return min(self.tile, self.height)
+
+    @property
+    def tile_cols(self) -> int:
+        return min(self.tile, self.width)
+
+    @property
+    def row_starts(self) -> list[int]:
+        return tile_starts(self.height, self.tile, self.overlap)
+
+    @property
+    def col_starts(self) -> list[int]:
+        return tile_starts(self.width, self.tile, self.overlap)
+
+    def tiles(self) -> list[tuple[int, int, np.ndarray]]:
+        """``(row, col, weight (tile_rows, tile_cols))`` for every tile, row-major."""
+        row_weights = blend_weights(self.row_starts, self.tile_rows)
+        col_weights = blend_weights(self.col_starts, self.tile_cols)
+        return [(row, col, np.outer(row_weight, col_weight))
+                for row, row_weight in zip(self.row_starts, row_weights)
+                for col, col_weight in zip(self.col_starts, col_weights)]
+
+    def __len__(self) -> int:
+        return len(self.row_starts) * len(self.col_starts)
+
+
+def robust_standardise(maps: np.ndarray) -> np.ndarray:
+    """Robust z-scores of each map of ``(N, h, w)``: ``(s − median) / (1.4826 · MAD)``.
+
+    0 is a typical background pixel of that tile and 1 about one background standard deviation,
+    whatever the detector's scale (RX distances, or products of [0, 1] maps). Median and MAD
+    ignore the few anomalous pixels. A map with MAD 0 falls back to its standard deviation,
+    and a constant map becomes 0.
+    """
+    flat = maps.reshape(maps.shape[0], -1).astype(np.float64)
+    median = np.median(flat, axis=1, keepdims=True)
+    spread = MAD_TO_SIGMA * np.median(np.abs(flat - median), axis=1, keepdims=True)
+    fallback = flat.std(axis=1, keepdims=True)
+    spread = np.where(spread > 0, spread, np.where(fallback > 0, fallback, 1.0))
+    return ((flat - median) / spread).reshape(maps.shape)
+
+
+# --------------------------------------------------------------------------- global RX in chunks
+
+
+def global_rx_scores(cube: np.ndarray, precision: str = "float64") -> np.ndarray:
+    """Global RX ``(H, W)`` float64 of one ``(H, W, C)`` cube, as :func:`fers.detectors.rx_scores`
+    computes it (cube min-max scaled to [0, 1], covariance /(n − 1), the same pseudo-inverse
+    rules), with the mean and covariance accumulated in float64 over row chunks: two passes
+    (mean, then centred scatter) so no float64 copy of the scene is ever made.
+
+    ``float32``: the covariance is still accumulated in float64 (a float32 sum over millions of
+    pixels loses digits), then cast to float32 and inverted with ``torch.linalg.pinv``'s default
+    cutoff, as the reference's 50-band path does.
+    """
+    if precision not in ("float64", "float32"):
+        raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
+    height, width, bands = cube.shape
+    rows = _chunk_rows(cube.shape)
+    chunks = [slice(start, start + rows) for start in range(0, height, rows)]
+    low = min(float(np.min(cube[part])) for part in chunks)
+    high = max(float(np.max(cube[part])) for part in chunks)
+    span = max(high - low, np.finfo(np.float64).tiny)
+
+    def unit_pixels(part):
+        return (np.asarray(cube[part], dtype=np.float64).reshape(-1, bands) - low) / span
+
+    count = height * width
+    mean = sum(unit_pixels(part).sum(0) for part in chunks) / count
+    scatter = np.zeros((bands, bands))
+    for part in chunks:
+        centred = unit_pixels(part) - mean
+        scatter += centred.T @ centred
+    covariance = torch.from_numpy(scatter / (count - 1))
+    if precision == "float64":
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        keep = eigenvalues.abs() > detectors.NUMPY_PINV_RCOND * eigenvalues.abs().max()
+        inverse_values = torch.where(keep, 1.0 / torch.where(keep, eigenvalues, torch.ones_like(eigenvalues)),
+                                     torch.zeros_like(eigenvalues)).numpy()
+        eigenvectors = eigenvectors.numpy()
+    else:
+        inverse = torch.linalg.pinv(covariance.float()).numpy()
+    scores = np.empty((height, width))
+    for part in chunks:
+        centred = unit_pixels(part) - mean
+        if precision == "float64":
+            projected = centred @ eigenvectors
+            values = (projected * projected) @ inverse_values
+        else:
+            centred = centred.astype(np.float32)
+            values = ((centred @ inverse) * centred).sum(1)
+        scores[part] = values.reshape(-1, width)
+    return scores
+
+
+def _unit_range(scores: np.ndarray) -> np.ndarray:
+    span = scores.max() - scores.min()
+    return (scores - scores.min()) / span if span > 0 else np.zeros_like(scores)
+
+
+# --------------------------------------------------------------------------- the detection
+
+
+def _tile_batches(grid: TileGrid, batch_size: int):
+    tiles = grid.tiles()
+    for start in range(0, len(tiles), batch_size):
+        yield tiles[start:start + batch_size]
+
+
+def _tile_tensor(cube: np.ndarray, batch, grid: TileGrid) -> torch.Tensor:
+    """``(N, C, tile_rows, tile_cols)`` float32 tensor of the batch's tiles."""
+    return torch.from_numpy(np.stack([to_chw(cube[row:row + grid.tile_rows, col:col + grid.tile_cols])
+                                      for row, col, _ in batch]))
+
+
+def detect_scene(detector, cube: np.ndarray, tile: int = 64, overlap: int = 16, background: str = "tile",
+                 batch_size: int = 16, progress: bool = True) -> np.ndarray:
+    """Anomaly map ``(H, W)`` float64 of a normalised scene ``(H, W, C)`` (see :func:`prepare_scene`).
+
+    - ``tile``: each tile is scored by ``detector`` with its own RX background (the features and
+      the fusion rule of :func:`fers.detectors.fused_scores` on the tile). With more than one
+      tile, each tile map becomes robust z-scores (:func:`robust_standardise`) so tiles are
+      comparable, then the maps are blended (:func:`blend_weights`). A single tile covering the
+      scene is left as it is: the map of ``FERS_ABU/test.py``.
+    - ``global``: the branch features are computed per tile and blended into full-scene features,
+      then RX runs once over the whole enhanced scene (:func:`global_rx_scores`), with the same
+      fusion rule: ``RX(x + spa + spe)`` (sum), ``N(RX(x + spa)) · N(RX(x + spe))`` (product),
+      ``RX(x + features)`` for one branch, ``RX(x)`` for none.
+    """
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
+    if cube.ndim != 3 or cube.shape[2] != detector.channels:
+        raise ValueError(f"cube must be (H, W, {detector.channels}), got {tuple(cube.shape)}")
+    height, width, _ = cube.shape
+    grid = TileGrid(height, width, tile, overlap)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(grid), desc=f"tiles ({background} RX)", unit="tile", disable=not progress, leave=False)
+    weight_sum = np.zeros((height, width))
+    if background == "tile" and len(grid) == 1:
+        scores = detector.score(_tile_tensor(cube, grid.tiles(), grid)).cpu().numpy()
+        bar.update(1)
+        bar.close()
+        return np.asarray(scores[0], dtype=np.float64)
+    if background == "tile":
+        score_sum = np.zeros((height, width))
+        for batch in _tile_batches(grid, batch_size):
+            maps = robust_standardise(detector.score(_tile_tensor(cube, batch, grid)).cpu().numpy())
+            for (row, col, weight), tile_map in zip(batch, maps):
+                window = (slice(row, row + grid.tile_rows), slice(col, col + grid.tile_cols))
+                score_sum[window] += weight * tile_map
+                weight_sum[window] += weight
+            bar.update(len(batch))
+        bar.close()
+        return score_sum / weight_sum
+
+    branches = detector.branches
+    product = branches == "both" and detector.fusion == "product"
+    terms = 2 if product else (0 if branches == "none" else 1)
+    accumulators = [np.zeros(cube.shape, dtype=np.float32) for _ in range(terms)]
+    for batch in _tile_batches(grid, batch_size) if terms else ():
+        spectral, spatial = detector.features(_tile_tensor(cube, batch, grid).to(detector.device))
+        if product:
+            features = [spatial, spectral]
+        elif branches == "both":
+            features = [spatial + spectral]
+        else:
+            features = [spectral if spectral is not None else spatial]
+        features = [to_hwc_batch(f) for f in features]
+        for slot, (row, col, weight) in enumerate(batch):
+            window = (slice(row, row + grid.tile_rows), slice(col, col + grid.tile_cols))
+            for accumulator, values in zip(accumulators, features):
+                accumulator[window] += (weight[..., None] * values[slot]).astype(np.float32)
+            weight_sum[window] += weight
+        bar.update(len(batch))
+    bar.update(len(grid) if not terms else 0)
+    bar.close()
+    if not terms:
+        return global_rx_scores(cube, detector.rx_precision)
+    rows = _chunk_rows(cube.shape, itemsize=4)
+    for accumulator in accumulators:  # enhanced cube = x + blended features, in place
+        for start in range(0, height, rows):
+            part = slice(start, start + rows)
+            accumulator[part] /= weight_sum[part, :, None].astype(np.float32)
+            accumulator[part] += cube[part]
+    maps = [global_rx_scores(enhanced, detector.rx_precision) for enhanced in accumulators]
+    del accumulators
+    return _unit_range(maps[0]) * _unit_range(maps[1]) if product else maps[0]
+
+
+def to_hwc_batch(features: torch.Tensor) -> np.ndarray:
+    """``(N, C, h, w)`` tensor → ``(N, h, w, C)`` float32 NumPy array (back to the cube layout)."""
+    return features.permute(0, 2, 3, 1).float().cpu().numpy()
