@@ -245,7 +245,7 @@ def _paired_checks(root: Path, sensor: str | None) -> list[SceneCheck]:
         for name in sensors:
             folder = split_root / name
             if not folder.is_dir():
-                raise FersError(f"{folder}: sensor folder not found; check --sensor")
+                continue  # e.g. --sensor aviris: HAD100 has train/aviris but no test/aviris
             group = f"{split}/{name}"
             cubes = sorted(folder.glob(f"*{CUBE_SUFFIX}"))
             for cube_path in cubes:
@@ -301,8 +301,9 @@ def check_dataset(root, layout: str = "auto", sensor: str | None = None) -> Chec
             checks.append(SceneCheck("test", "-", str(root / "test"), None,
                                      problems=["no test/ folder: test.py needs test/<sensor>/*.npy"]))
     if not checks:
-        raise FersError(f"{root}: no scenes found (no *.mat, no test/<sensor>/*{CUBE_SUFFIX}, "
-                        f"no train/<sensor>/*{CUBE_SUFFIX}); check the path")
+        where = sensor or "<sensor>"
+        raise FersError(f"{root}: no scenes found (no *.mat, no test/{where}/*{CUBE_SUFFIX}, "
+                        f"no train/{where}/*{CUBE_SUFFIX}); check the path" + (" and --sensor" if sensor else ""))
     return CheckReport(str(root), layout, checks, _band_warnings(checks))
 
 
@@ -337,7 +338,9 @@ def report_lines(report: CheckReport) -> list[str]:
         rows.append((f"{s.group}/{s.name}", size, s.dtype or "-", _number(s.minimum), _number(s.maximum),
                      "-" if s.anomaly_pixels is None else str(s.anomaly_pixels), s.status))
     widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header) - 1)]
-    lines = [f"{report.root} ({report.layout} layout): {len(report.scenes)} cube(s)"]
+    kind = ("ABU .mat files" if report.scenes and report.scenes[0].group == "mat"
+            else "HAD100/FERS_ABU layout: test/<sensor>/*.npy + ground_truth/<sensor>/*.png, train/<sensor>/*.npy")
+    lines = [f"{report.root} ({kind}): {len(report.scenes)} cube(s)"]
     for row in [header] + rows:
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
     problems = report.problems
