@@ -167,7 +167,7 @@ def _place_targets(height, width, bands, n_targets, rng, subpixel_fraction, frac
     occupied = np.zeros((height, width), dtype=bool)
     records = []
     margin = 3
-    if height <= 2 * margin + 5 or width <= 2 * margin + 5:
+    if n_targets and (height <= 2 * margin + 5 or width <= 2 * margin + 5):
         raise ValueError(f"scene {height}×{width} is too small for targets (need more than {2 * margin + 5} px)")
     yy, xx = np.mgrid[0:height, 0:width]
     for index in range(n_targets):
