@@ -3,6 +3,7 @@ autoencoder, measure, and write the reference outputs plus ``results.json``/``re
 
 from __future__ import annotations
 
+import copy as _copy
 import csv
 import io as _io
 import math
@@ -22,6 +23,25 @@ from .io import OutputFolder, save_mat, write_json, write_text
 from .metrics import METRIC_NAMES, auc, f1_optimal_threshold, mean_ignoring_nan, roc3d_metrics
 from .preprocessing import prepare_cube, to_chw
 from .utils import versions
+
+
+def inference_copy(module: torch.nn.Module, channels_last: bool = False) -> torch.nn.Module:
+    """An eval-mode copy of ``module`` for inference: BatchNorm folded into the preceding
+    convolutions (``torch.fx`` fusion; skipped for a network fx cannot trace) and, if asked,
+    channels-last weights (faster oneDNN convolutions on the CPU). The original is untouched."""
+    copy = _copy.deepcopy(module).eval()
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        copy = fuse(copy, inplace=True)
+    except Exception:  # an untraceable network still runs, unfused
+        pass
+    for attribute in ("channels", "backbone"):
+        if hasattr(module, attribute) and not hasattr(copy, attribute):
+            setattr(copy, attribute, getattr(module, attribute))
+    if channels_last:
+        copy = copy.to(memory_format=torch.channels_last)
+    return copy.requires_grad_(False)
 
 
 class Detector:
@@ -64,12 +84,41 @@ class Detector:
                 "fen_backbone": getattr(self.fen, "backbone", None),
                 "spatial_backbone": getattr(self.spatial, "backbone", None)}
 
+    # Inference speed-ups (same results to float32 rounding): BatchNorm folded into the
+    # convolutions, channels-last layout on the CPU, networks run on chunks of scenes.
+    fast_inference = True
+    network_chunk = {"cpu": 8}  # scenes per forward pass by device type; absent = the whole batch
+
+    def _inference_networks(self):
+        """``(fen, spatial)`` to run: the originals, or cached inference copies rebuilt whenever a
+        parameter or buffer of the originals changes (e.g. between training epochs)."""
+        networks = (self.fen, self.spatial)
+        if not self.fast_inference:
+            return networks
+        signature = tuple((id(t), t._version) for m in networks if m is not None
+                          for t in (*m.parameters(), *m.buffers()))
+        if getattr(self, "_inference_signature", None) != signature:
+            channels_last = self.device.type == "cpu"
+            self._inference_copies = tuple(inference_copy(m, channels_last) if m is not None else None
+                                           for m in networks)
+            self._inference_signature = signature
+        return self._inference_copies
+
     @torch.inference_mode()
     def features(self, cubes: torch.Tensor):
         """``(spectral, spatial)`` features ``(N, C, H, W)`` of normalised cubes (None for a missing branch)."""
-        spectral = self.fen(cubes) if self.fen is not None else None
-        spatial = self.spatial(cubes) if self.spatial is not None else None
-        return spectral, spatial
+        fen, spatial = self._inference_networks()
+        if fen is None and spatial is None:
+            return None, None
+        if self.fast_inference and self.device.type == "cpu":
+            cubes = cubes.contiguous(memory_format=torch.channels_last)
+        chunk = self.network_chunk.get(self.device.type, cubes.shape[0]) if self.fast_inference else cubes.shape[0]
+        outputs = []
+        for part in cubes.split(max(1, chunk)):
+            outputs.append((fen(part) if fen is not None else None, spatial(part) if spatial is not None else None))
+        spectral_parts, spatial_parts = zip(*outputs)
+        join = lambda parts: None if parts[0] is None else (parts[0] if len(parts) == 1 else torch.cat(parts))
+        return join(spectral_parts), join(spatial_parts)
 
     @torch.inference_mode()
     def score(self, cubes: torch.Tensor) -> torch.Tensor:
