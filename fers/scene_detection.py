@@ -97,23 +97,34 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return [int(round(i * (size - tile) / (count - 1))) for i in range(count)]
 
 
-def blend_weights(starts: list[int], length: int) -> list[np.ndarray]:
-    """1-D blending weights, one array of ``length`` per tile.
+def _fade(overlap: int) -> np.ndarray:
+    """Weight of the tile that ends across an overlap of ``overlap`` pixels: 1 on its first quarter,
+    a ``cos²`` fade over the middle half, 0 on the last quarter (next to its own border, where the
+    networks see the tile edge: ConvH's reflect pad, the spatial branch's zero padding and pooling).
+    The tile starting there gets ``1 − fade``, so the two weights always sum to 1."""
+    margin = overlap // 4
+    middle = overlap - 2 * margin
+    ramp = np.cos(0.5 * np.pi * (np.arange(middle) + 0.5) / middle) ** 2
+    return np.concatenate([np.ones(margin), ramp, np.zeros(margin)])
 
-    Where two neighbouring tiles overlap by ``o`` pixels, the first fades out as ``cos²`` and the
-    second fades in as ``sin²`` of ``π/2 · (i + ½)/o``: the two weights sum to exactly 1 and
-    change smoothly, so stitched maps have no steps. Scene borders are not faded.
+
+def blend_weights(starts: list[int], length: int) -> list[np.ndarray]:
+    """1-D blending weights, one array of ``length`` per tile (see :func:`_fade`).
+
+    Neighbouring tiles cross-fade smoothly across their overlap; where at most two tiles overlap
+    (overlap up to half a tile) their weights sum to exactly 1, and stitching divides by the
+    summed weights anyway, so a map that is the same in every tile is stitched without any step.
+    Scene borders are not faded.
     """
     weights = []
     for index, start in enumerate(starts):
         weight = np.ones(length)
         if index > 0:
-            fade = starts[index - 1] + length - start
-            weight[:fade] = np.minimum(weight[:fade], np.sin(0.5 * np.pi * (np.arange(fade) + 0.5) / fade) ** 2)
+            overlap = starts[index - 1] + length - start
+            weight[:overlap] = np.minimum(weight[:overlap], 1.0 - _fade(overlap))
         if index < len(starts) - 1:
-            fade = start + length - starts[index + 1]
-            ramp = np.cos(0.5 * np.pi * (np.arange(fade) + 0.5) / fade) ** 2
-            weight[length - fade:] = np.minimum(weight[length - fade:], ramp)
+            overlap = start + length - starts[index + 1]
+            weight[length - overlap:] = np.minimum(weight[length - overlap:], _fade(overlap))
         weights.append(weight)
     return weights
 
