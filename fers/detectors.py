@@ -64,23 +64,28 @@ def _rx_float64(cubes: torch.Tensor) -> torch.Tensor:
     where the pseudo-inverse truncates nothing and equals the inverse) are solved by Cholesky:
     ``s = ‖L⁻¹ z‖²`` with ``Σ = L Lᵀ``, one triangular solve for all pixels. The others (rank-deficient:
     duplicated bands, fewer pixels than bands) take the eigen path with ``np.linalg.pinv``'s cutoff.
+    The reference's min-max scaling to [0, 1] multiplies every centred value by one constant, which
+    ``zᵀ Σ⁺ z`` (and the relative cutoff) cancels, so it is left out: two passes fewer.
     """
     n, c, h, w = cubes.shape
-    pixels = cubes.reshape(n, c, h * w).to(torch.float64, copy=True)
-    flat = pixels.reshape(n, -1)
-    span = (flat.amax(1) - flat.amin(1)).clamp_min(torch.finfo(torch.float64).tiny).view(-1, 1, 1)
-    centred = pixels.sub_(pixels.mean(2, keepdim=True)).div_(span)  # the min-max shift cancels when centring
+    pixels = torch.empty((n, c, h, w), dtype=torch.float64, device=cubes.device).copy_(cubes).view(n, c, h * w)
+    centred = pixels.sub_(pixels.mean(2, keepdim=True))
     covariance = centred @ centred.transpose(1, 2) / (h * w - 1)
     factor, info = torch.linalg.cholesky_ex(covariance)
     trace = torch.diagonal(covariance, dim1=-2, dim2=-1).sum(-1)
     condition = trace * _inverse_norm_estimate(factor)
     cholesky = (info == 0) & torch.isfinite(condition) & (condition <= RX_CHOLESKY_MAX_CONDITION)
+
+    def whitened_norms(index=None):
+        chosen = (factor, centred) if index is None else (factor[index], centred[index])
+        return torch.linalg.vector_norm(torch.linalg.solve_triangular(*chosen, upper=False), dim=1).square_()
+
     if bool(cholesky.all()):
-        return torch.linalg.solve_triangular(factor, centred, upper=False).square_().sum(1)
+        return whitened_norms()
     scores = torch.empty(n, h * w, dtype=torch.float64, device=cubes.device)
     fast = cholesky.nonzero().flatten()
     if fast.numel():
-        scores[fast] = torch.linalg.solve_triangular(factor[fast], centred[fast], upper=False).square_().sum(1)
+        scores[fast] = whitened_norms(fast)
     slow = (~cholesky).nonzero().flatten()
     scores[slow] = _rx_eigen(centred[slow], covariance[slow])
     return scores
