@@ -500,6 +500,7 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
                 if metric is not None and (best is None or metric < best["metric"]):
                     best = {"epoch": epoch + 1, "metric": metric, "state": stage.selected_state()}
                 record["selected"] = best["epoch"] if best is not None else epoch + 1
+                record["selection"] = options.selection  # "test_auc" = chosen on test labels (reference)
                 history.append(record)
                 payload = {"epoch": epoch + 1, "history": history, "best": best,
                            "modules": {name: _cpu_state(m) for name, m in stage.modules().items()},

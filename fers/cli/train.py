@@ -115,58 +115,54 @@ def _agreed_run_dir(dist, path) -> Path:
     return Path(path)
 
 
-def train_stage(stage_name: str, args, resume_dir=None, recorded: dict | None = None) -> dict:
+def train_stage(stage_name: str, args, dist, resume_dir=None, recorded: dict | None = None) -> dict:
     """Train one stage with parsed ``args`` (fresh, or resuming ``resume_dir`` with ``recorded`` config)."""
-    default_threads()
-    dist = setup_distributed(args.device)
-    try:
-        fresh = resume_dir is None
-        channels = args.input_channel
-        seed_everything(args.seed)
-        fen = None
-        if stage_name == "stage2":
-            fen = (load_stage1_for_stage2(args.checkpoint_dir, channels) if fresh
-                   else FEN(channels, recorded["network"]["fen_backbone"]))
-        data = load_training_data(args.data_path, channels, args.img_size, args.sensor, args.crop,
-                                  args.crops_per_scene, args.seed, args.workers)
-        if not fresh and data.manifest != recorded["data"]["manifest"]:
-            raise FersError(f"{args.data_path}: the training data changed since the run in {resume_dir} began "
-                            "(files or SHA-256 differ from its config.json); restore them or start a new run")
-        options = _options(args)
-        test_scenes = (had100_manifest(args.data_path, args.sensor)
-                       if options.selection == "test_auc" or options.log_test_auc else None)
-        pretrained = not args.no_pretrained
-        if stage_name == "stage1":
-            stage = Stage1(channels, args.backbone, dist.device, args.bce_input, args.backbone_weights, pretrained,
-                           load_backbone=fresh)
-        else:
-            stage = Stage2(channels, fen, dist.device, args.spatial_bn, args.backbone_weights, pretrained,
-                           load_backbone=fresh)
-        state = None
+    fresh = resume_dir is None
+    channels = args.input_channel
+    seed_everything(args.seed)
+    fen = None
+    if stage_name == "stage2":
+        fen = (load_stage1_for_stage2(args.checkpoint_dir, channels) if fresh
+               else FEN(channels, recorded["network"]["fen_backbone"]))
+    data = load_training_data(args.data_path, channels, args.img_size, args.sensor, args.crop,
+                              args.crops_per_scene, args.seed, args.workers)
+    if not fresh and data.manifest != recorded["data"]["manifest"]:
+        raise FersError(f"{args.data_path}: the training data changed since the run in {resume_dir} began "
+                        "(files or SHA-256 differ from its config.json); restore them or start a new run")
+    options = _options(args)
+    test_scenes = (had100_manifest(args.data_path, args.sensor)
+                   if options.selection == "test_auc" or options.log_test_auc else None)
+    pretrained = not args.no_pretrained
+    if stage_name == "stage1":
+        stage = Stage1(channels, args.backbone, dist.device, args.bce_input, args.backbone_weights, pretrained,
+                       load_backbone=fresh)
+    else:
+        stage = Stage2(channels, fen, dist.device, args.spatial_bn, args.backbone_weights, pretrained,
+                       load_backbone=fresh)
+    state = None
+    if fresh:
+        run_dir = _agreed_run_dir(dist, args.run_dir or default_run_dir(stage_name, channels))
+    else:
+        run_dir = Path(resume_dir)
+        state = load_run_state(run_dir)
+        if state is not None:
+            stage.weights_source = recorded["network"].get("backbone_weights", stage.weights_source)
+    prepare_run_dir(run_dir, fresh)  # every process checks, so none waits for a process that stopped
+    ensure_writable_dir(band_folder(args.checkpoint_dir, channels), "--checkpoint_dir")
+    dist.barrier()
+    if dist.is_main:
         if fresh:
-            run_dir = _agreed_run_dir(dist, args.run_dir or default_run_dir(stage_name, channels))
-        else:
-            run_dir = Path(resume_dir)
-            state = load_run_state(run_dir)
-            if state is not None:
-                stage.weights_source = recorded["network"].get("backbone_weights", stage.weights_source)
-        if dist.is_main:
-            prepare_run_dir(run_dir, fresh)
-            ensure_writable_dir(band_folder(args.checkpoint_dir, channels), "--checkpoint_dir")
-            if fresh:
-                write_run_config(run_dir, run_config(stage, vars(args), data, options, dist))
-            print(f"{stage_name}: {len(data)} crops of {args.img_size}×{args.img_size}×{channels} from "
-                  f"{data.source}; {options.epochs} epochs, batch {options.batch_size}, device {dist.device}"
-                  f"{f' × {dist.world_size} processes' if dist.world_size > 1 else ''}; selection "
-                  f"{options.selection}{' (ON TEST LABELS, as the reference)' if options.selection == 'test_auc' else ''}"
-                  f"; run folder {run_dir}")
-        summary = fit(stage, data, options, run_dir, dist, args.checkpoint_dir, state, test_scenes)
-        if dist.is_main:
-            print(f"{stage_name} done: epoch {summary['selected_epoch']} exported to {summary['checkpoint_folder']} "
-                  f"(selection: {summary['selection']}); run folder {run_dir}")
-        return summary
-    finally:
-        shutdown_distributed(dist)
+            write_run_config(run_dir, run_config(stage, vars(args), data, options, dist))
+        print(f"{stage_name}: {len(data)} crops of {args.img_size}×{args.img_size}×{channels} from "
+              f"{data.source}; {options.epochs} epochs, batch {options.batch_size}, device {dist.device}"
+              f"{f' × {dist.world_size} processes' if dist.world_size > 1 else ''}; selection "
+              f"{options.selection}{' (ON TEST LABELS, as the reference)' if options.selection == 'test_auc' else ''}"
+              f"; run folder {run_dir}")
+    summary = fit(stage, data, options, run_dir, dist, args.checkpoint_dir, state, test_scenes)
+    if dist.is_main:
+        print(f"{stage_name} done: epoch {summary['selected_epoch']} exported to {summary['checkpoint_folder']} "
+              f"(selection: {summary['selection']}); run folder {run_dir}")
+    return summary
 
 
 def _interrupted(error: TrainingInterrupted) -> int:
@@ -177,26 +173,31 @@ def _interrupted(error: TrainingInterrupted) -> int:
 
 
 def _run(stages: list[str], args) -> int:
-    """Fresh run of one stage or of stage 1 then stage 2; or resume a recorded run."""
+    """Fresh run of one stage or of stage 1 then stage 2; or resume a recorded run. The process group
+    (under torchrun) is joined once for all stages."""
+    default_threads()
+    dist = setup_distributed(args.device)
     try:
         if args.resume:
             recorded = read_run_config(args.resume)
             resumed = argparse.Namespace(**recorded["args"])
             resumed.device, resumed.workers, resumed.no_progress = args.device, args.workers, args.no_progress
             resumed.resume = args.resume
-            train_stage(recorded["stage"], resumed, args.resume, recorded)
+            train_stage(recorded["stage"], resumed, dist, args.resume, recorded)
             if recorded["stage"] == "stage1" and recorded["args"].get("stage") == "all":
                 resumed.run_dir = str(Path(args.resume).parent / "stage2") if resumed.run_dir else None
-                train_stage("stage2", resumed)
+                train_stage("stage2", resumed, dist)
             return 0
         base = args.run_dir
         for stage_name in stages:
             if base and len(stages) > 1:
                 args.run_dir = str(Path(base) / stage_name)
-            train_stage(stage_name, args)
+            train_stage(stage_name, args, dist)
         return 0
     except TrainingInterrupted as error:
         sys.exit(_interrupted(error))
+    finally:
+        shutdown_distributed(dist)
 
 
 def stage_parser(stage_name: str, prog: str) -> argparse.ArgumentParser:
