@@ -31,9 +31,11 @@ def inference_copy(module: torch.nn.Module, channels_last: bool = False) -> torc
     channels-last weights (faster oneDNN convolutions on the CPU). The original is untouched."""
     copy = _copy.deepcopy(module).eval()
     try:
-        from torch.fx.experimental.optimization import fuse
+        with warnings.catch_warnings():  # torch.fx's imports warn about torch.jit deprecations
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torch.fx.experimental.optimization import fuse
 
-        copy = fuse(copy, inplace=True)
+            copy = fuse(copy, inplace=True)
     except Exception:  # an untraceable network still runs, unfused
         pass
     for attribute in ("channels", "backbone"):

@@ -1,0 +1,161 @@
+"""Shared helpers of the benchmark scripts: interleaved timing with medians, peak memory,
+the machine's matrix-multiply throughput, machine description, table and JSON output.
+
+Timings on a shared machine are noisy: every benchmark runs its candidates *interleaved*
+(reference, ours, reference, ours, ...) and reports medians, so a burst of load hits both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+
+from fers.io import write_json  # noqa: E402
+from fers.utils import default_threads, versions  # noqa: E402
+
+
+def synchronise(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_medians(candidates: dict, rounds: int = 5, warmup: int = 1, device="cpu") -> dict:
+    """Run each callable of ``candidates`` (name → fn) once per round, in turn, after ``warmup``
+    untimed rounds; returns name → {"median": s, "min": s, "times": [...]}."""
+    for _ in range(warmup):
+        for fn in candidates.values():
+            fn()
+    times = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            synchronise(device)
+            start = time.perf_counter()
+            fn()
+            synchronise(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median": statistics.median(t), "min": min(t), "times": t} for name, t in times.items()}
+
+
+def matmul_flops_per_second(size: int = 2048, dtype=torch.float32, repeats: int = 5, device="cpu") -> float:
+    """Measured throughput of a ``size × size`` matrix product (FLOP/s, median over ``repeats``),
+    in this process with its thread setting: the practical limit of dense network arithmetic."""
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    seconds = interleaved_medians({"mm": lambda: torch.mm(a, b)}, rounds=repeats, device=device)["mm"]["median"]
+    return 2 * size ** 3 / seconds
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory above the level at entry while the block runs: CUDA allocator peak on a GPU,
+    resident set size sampled every millisecond on the CPU (Linux ``/proc``). ``.peak_mib``."""
+
+    def __init__(self, device="cpu"):
+        self.device = torch.device(device)
+        self.peak_mib = float("nan")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        elif Path("/proc/self/statm").exists():
+            self._base = self._peak = _rss_bytes()
+            self._running = True
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while self._running:
+            self._peak = max(self._peak, _rss_bytes())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mib = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2 ** 20
+        elif hasattr(self, "_thread"):
+            self._running = False
+            self._thread.join()
+            self._peak = max(self._peak, _rss_bytes())
+            self.peak_mib = (self._peak - self._base) / 2 ** 20
+        return False
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device="cpu") -> dict:
+    """What the numbers were measured on."""
+    device = torch.device(device)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    info = {"cpu": cpu_model(), "cores": cores, "torch_threads": torch.get_num_threads(),
+            "device": str(device), "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            **versions()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def setup(device="cpu") -> torch.device:
+    """Threads as the detection commands set them; returns the device."""
+    default_threads()
+    return torch.device(device)
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
+    """Print ``rows`` with ``columns`` = (key, header, format)."""
+    cells = [[header for _, header, _ in columns]]
+    for row in rows:
+        cells.append([format(row[key], fmt) if isinstance(row.get(key), (int, float)) else str(row.get(key, ""))
+                      for key, _, fmt in columns])
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    for index, line in enumerate(cells):
+        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+def save_results(path, payload: dict, ratio_key: str = "ratio") -> None:
+    """Write ``payload`` as JSON (atomically) and print how each row's ``ratio_key`` moved against
+    the previous file at ``path`` (rows matched by their ``case`` field), so regressions show."""
+    path = Path(path)
+    if path.exists():
+        try:
+            previous = {row["case"]: row for row in json.loads(path.read_text()).get("rows", [])}
+        except (OSError, ValueError, KeyError, TypeError):
+            previous = {}
+        for row in payload.get("rows", []):
+            old = previous.get(row["case"], {}).get(ratio_key)
+            if old and row.get(ratio_key):
+                print(f"  {row['case']}: {ratio_key} {row[ratio_key]:.2f} (previous run {old:.2f})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, payload)
+    print(f"wrote {path}")

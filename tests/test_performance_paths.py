@@ -1,0 +1,188 @@
+"""Correctness of the fast inference paths (no timing here; speed lives in benchmarks/):
+the Cholesky RX against NumPy's pseudo-inverse, its eigen fallback on rank-deficient
+covariances, batched against per-scene RX, the FLOP counter against a hand count, and the
+detector's folded/channels-last/chunked networks against the plain ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fers import detectors
+from fers.evaluation import Detector, inference_copy
+from fers.flops import count_macs, network_flops, rx_flops
+
+
+def numpy_pinv_rx(cube_chw: np.ndarray) -> np.ndarray:
+    """Independent reference: min-max to [0, 1], ``np.cov``, ``np.linalg.pinv``, ``zᵀ Σ⁺ z``."""
+    c, h, w = cube_chw.shape
+    pixels = cube_chw.reshape(c, -1).T.astype(np.float64)
+    pixels = (pixels - pixels.min()) / (pixels.max() - pixels.min())
+    centred = pixels - pixels.mean(0)
+    inverse = np.linalg.pinv(np.cov(pixels, rowvar=False))
+    return np.array([z @ inverse @ z for z in centred]).reshape(h, w)
+
+
+def mixture_cubes(n, c, h, w, seed=0):
+    """Cubes ``(n, C, H, W)`` of endmember mixtures plus noise (realistic, well-conditioned covariances)."""
+    rng = np.random.default_rng(seed)
+    endmembers = rng.uniform(0.1, 1.0, size=(5, c))
+    abundances = rng.dirichlet(np.ones(5), size=(n, h, w))
+    cubes = abundances @ endmembers + 0.01 * rng.standard_normal((n, h, w, c))
+    return np.ascontiguousarray(cubes.transpose(0, 3, 1, 2))
+
+
+def assert_rx_matches_pinv(cubes):
+    ours = detectors.rx_scores(torch.from_numpy(cubes), "float64").numpy()
+    for index, cube in enumerate(cubes):
+        expected = numpy_pinv_rx(cube)
+        np.testing.assert_allclose(ours[index], expected, rtol=1e-6, atol=1e-6 * expected.max())
+
+
+def test_cholesky_rx_equals_pinv_on_well_conditioned_scenes():
+    cubes = mixture_cubes(2, 30, 16, 16)
+    factor, info = torch.linalg.cholesky_ex(torch.from_numpy(np.cov(cubes[0].reshape(30, -1))))
+    assert int(info) == 0  # the fast path is the one exercised
+    assert_rx_matches_pinv(cubes)
+
+
+def test_rx_with_duplicated_bands_falls_back_to_pinv():
+    cubes = mixture_cubes(1, 20, 16, 16, seed=1)
+    cubes = np.concatenate([cubes, cubes[:, :5]], axis=1)  # 5 duplicated bands: rank 20 of 25
+    assert_rx_matches_pinv(cubes)
+
+
+def test_rx_with_more_bands_than_pixels_falls_back_to_pinv():
+    cubes = mixture_cubes(1, 40, 5, 6, seed=2) + 0.05 * np.random.default_rng(3).standard_normal((1, 40, 5, 6))
+    assert_rx_matches_pinv(cubes)  # 30 pixels, 40 bands: rank ≤ 29
+
+
+def test_rx_near_singular_covariance_takes_the_pinv_semantics():
+    # one band equal to another up to 1e-12: Cholesky may succeed but the condition estimate
+    # must route it to the eigen path, as pinv's result is what the scores must equal
+    cubes = mixture_cubes(1, 12, 16, 16, seed=4)
+    cubes[:, -1] = cubes[:, 0] + 1e-9 * np.random.default_rng(5).standard_normal((16, 16))
+    covariance = torch.from_numpy(np.cov(cubes[0].reshape(12, -1)))
+    factor, _ = torch.linalg.cholesky_ex(covariance[None])
+    estimate = covariance.trace() * detectors._inverse_norm_estimate(factor)[0]
+    eigenvalues = torch.linalg.eigvalsh(covariance)
+    assert estimate >= 0.1 * eigenvalues[-1] / eigenvalues[0]  # the estimate sees the ill-conditioning
+    assert_rx_matches_pinv(cubes)
+
+
+def test_batched_rx_equals_per_scene_with_mixed_paths():
+    well = mixture_cubes(2, 20, 12, 12, seed=6)
+    deficient = np.concatenate([mixture_cubes(1, 15, 12, 12, seed=7)] * 1, axis=0)
+    deficient = np.concatenate([deficient, deficient[:, :5]], axis=1)  # 20 bands, rank 15
+    cubes = np.concatenate([well[:1], deficient, well[1:]])
+    batch = detectors.rx_scores(torch.from_numpy(cubes), "float64")
+    for index in range(len(cubes)):
+        single = detectors.rx_scores(torch.from_numpy(cubes[index:index + 1]), "float64")
+        torch.testing.assert_close(batch[index:index + 1], single, rtol=1e-9, atol=0)
+
+
+def test_rx_of_a_constant_cube_is_zero_not_nan():
+    scores = detectors.rx_scores(torch.ones(1, 4, 3, 3, dtype=torch.float64), "float64")
+    torch.testing.assert_close(scores, torch.zeros(1, 3, 3, dtype=torch.float64))
+
+
+def test_flop_counter_matches_a_hand_count():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(8, 4, 1, stride=2),
+                        nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.ConvTranspose2d(4, 2, 2, stride=2),
+                        nn.Flatten(), nn.Linear(2 * 10 * 10, 5))
+    x = torch.zeros(2, 3, 10, 10)
+    counts = count_macs(net, x)
+    expected = {"0": 2 * 8 * 10 * 10 * 3 * 9,   # out elements × in channels × kernel
+                "2": 2 * 4 * 5 * 5 * 8,
+                "3": 2 * 4 * 5 * 5 * 2 * 9,     # groups=2: 2 input channels per output
+                "4": 2 * 4 * 5 * 5 * 2 * 4,     # transposed: input elements × out channels × kernel
+                "6": 2 * 5 * 200}
+    assert dict(counts) == {**expected, "total": sum(expected.values())}
+    assert network_flops(net, x) == sum(expected.values())  # 2 FLOPs per MAC, per batch element
+
+
+def test_rx_flop_formula():
+    parts = rx_flops(100, 10, "cholesky")
+    assert parts["covariance"] == 2 * 100 * 100 + 2 * 100 * 10
+    assert parts["total"] == pytest.approx(2 * 100 * 100 + 2000 + 1000 / 3 + 100 * 100 + 2000)
+    with pytest.raises(ValueError):
+        rx_flops(10, 2, "svd")
+
+
+class TinyBranch(nn.Module):
+    """Conv + BatchNorm + ReLU network mapping ``(N, C, H, W)`` to ``(N, C, H, W)``."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.channels = channels
+        self.body = nn.Sequential(nn.Conv2d(channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
+                                  nn.ReLU(), nn.Conv2d(16, channels, 1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def tiny_detector(channels=12, seed=0):
+    torch.manual_seed(seed)
+    fen, spatial = TinyBranch(channels), TinyBranch(channels)
+    for module in (fen, spatial):  # non-trivial BatchNorm statistics, so folding matters
+        module.body[1].running_mean.uniform_(-0.5, 0.5)
+        module.body[1].running_var.uniform_(0.5, 2.0)
+        module.body[1].weight.data.uniform_(0.5, 1.5)
+    return Detector(channels, fen, spatial, rx_precision="float64", fusion="sum")
+
+
+def test_inference_copy_folds_batchnorm_and_keeps_outputs():
+    module = tiny_detector().fen
+    copy = inference_copy(module, channels_last=True)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in copy.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in module.modules())  # original untouched
+    x = torch.randn(3, 12, 9, 9)
+    with torch.inference_mode():
+        torch.testing.assert_close(copy(x.contiguous(memory_format=torch.channels_last)), module(x),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_fast_detector_equals_plain_and_batched_equals_one_at_a_time():
+    detector = tiny_detector()
+    detector.network_chunk = {"cpu": 2}
+    cubes = torch.from_numpy(mixture_cubes(5, 12, 10, 10, seed=8)).float() * 0.1
+    fast = detector.score(cubes)
+    one_at_a_time = torch.cat([detector.score(cubes[i:i + 1]) for i in range(len(cubes))])
+    torch.testing.assert_close(fast, one_at_a_time, rtol=1e-4, atol=1e-4 * float(fast.max()))
+    detector.fast_inference = False
+    plain = detector.score(cubes)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4 * float(plain.max()))
+    spectral, spatial = detector.features(cubes)
+    detector.fast_inference = True
+    fast_spectral, fast_spatial = detector.features(cubes)
+    torch.testing.assert_close(fast_spectral, spectral, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_spatial, spatial, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_detector_follows_weight_changes():
+    detector = tiny_detector()
+    cubes = torch.from_numpy(mixture_cubes(2, 12, 8, 8, seed=9)).float() * 0.1
+    before = detector.features(cubes)[0]
+    with torch.no_grad():
+        detector.fen.body[3].bias.add_(1.0)  # e.g. an optimiser step between epochs
+    after = detector.features(cubes)[0]
+    detector.fast_inference = False
+    torch.testing.assert_close(after, detector.features(cubes)[0], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(before, after)
+
+
+def test_fast_detector_on_the_reference_networks_matches_plain():
+    from fers.fen import FEN
+    from fers.spatial_branch import SpatialBranch
+
+    torch.manual_seed(0)
+    detector = Detector(50, FEN(50), SpatialBranch(50), rx_precision="float64")
+    cubes = torch.rand(3, 50, 32, 32) * 0.2 - 0.1
+    fast_features = detector.features(cubes)
+    detector.fast_inference = False
+    plain_features = detector.features(cubes)
+    for fast, plain in zip(fast_features, plain_features):
+        torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
