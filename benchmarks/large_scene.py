@@ -5,7 +5,7 @@
     python benchmarks/large_scene.py --size 256 --output /tmp/large.json
 
 Each run is a fresh ``detect.py`` process; its peak resident set size is the kernel's
-``ru_maxrss`` of that child (``os.wait4``), so it includes the interpreter, PyTorch, the
+``ru_maxrss`` of that process (see :data:`LAUNCHER`), so it includes the interpreter, PyTorch, the
 memory-mapped scene pages it touched, and everything detection allocated. The scene is written
 in row chunks through a memory map, so making it needs little memory either.
 """
@@ -65,18 +65,29 @@ def write_random_checkpoints(root: Path, bands: int) -> None:
     save_spatial_branch(band_folder(root, bands), SpatialBranch(bands))
 
 
+# A small launcher between us and the measured command. Linux starts a child's ``ru_maxrss`` at
+# its parent's peak (fork copies it, exec keeps the maximum), so measuring detect.py directly
+# from this process would report our own peak (the memory-mapped scene we just wrote, PyTorch)
+# instead. The launcher is a bare ``python -S`` (about 10 MiB), which bounds that overcount.
+LAUNCHER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(f"@@peak_rss_kib {usage.ru_maxrss}", file=sys.stderr)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_measured(command: list[str]) -> dict:
-    """Run ``command`` to completion; exit code, wall seconds, peak RSS in MiB (``ru_maxrss`` of that
-    child, from ``os.wait4``) and its combined output."""
+    """Run ``command`` to completion; exit code, wall seconds, peak RSS in MiB (``ru_maxrss`` of
+    that process, through :data:`LAUNCHER`) and its combined output."""
     started = time.perf_counter()
-    with tempfile.TemporaryFile(mode="w+") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        log.seek(0)
-        output = log.read()
-    return {"returncode": process.returncode, "seconds": time.perf_counter() - started,
-            "peak_rss_mib": usage.ru_maxrss / 1024.0, "output": output}
+    result = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, *command], capture_output=True, text=True)
+    peak = [line for line in result.stderr.splitlines() if line.startswith("@@peak_rss_kib ")]
+    output = result.stdout + "\n".join(line for line in result.stderr.splitlines() if line not in peak)
+    return {"returncode": result.returncode, "seconds": time.perf_counter() - started,
+            "peak_rss_mib": int(peak[-1].split()[1]) / 1024.0 if peak else float("nan"), "output": output}
 
 
 def main(argv=None) -> int:
