@@ -120,10 +120,12 @@ def train_stage(stage_name: str, args, dist, resume_dir=None, recorded: dict | N
     fresh = resume_dir is None
     channels = args.input_channel
     seed_everything(args.seed)
+    state = None if fresh else load_run_state(resume_dir)  # None: killed before its first epoch ended
+    restored = state is not None  # the networks come from the state, not from ImageNet/stage-1 files
     fen = None
     if stage_name == "stage2":
-        fen = (load_stage1_for_stage2(args.checkpoint_dir, channels) if fresh
-               else FEN(channels, recorded["network"]["fen_backbone"]))
+        fen = (FEN(channels, recorded["network"]["fen_backbone"]) if restored
+               else load_stage1_for_stage2(args.checkpoint_dir, channels))
     data = load_training_data(args.data_path, channels, args.img_size, args.sensor, args.crop,
                               args.crops_per_scene, args.seed, args.workers)
     if not fresh and data.manifest != recorded["data"]["manifest"]:
@@ -135,17 +137,15 @@ def train_stage(stage_name: str, args, dist, resume_dir=None, recorded: dict | N
     pretrained = not args.no_pretrained
     if stage_name == "stage1":
         stage = Stage1(channels, args.backbone, dist.device, args.bce_input, args.backbone_weights, pretrained,
-                       load_backbone=fresh)
+                       load_backbone=not restored)
     else:
         stage = Stage2(channels, fen, dist.device, args.spatial_bn, args.backbone_weights, pretrained,
-                       load_backbone=fresh)
-    state = None
+                       load_backbone=not restored)
     if fresh:
         run_dir = _agreed_run_dir(dist, args.run_dir or default_run_dir(stage_name, channels))
     else:
         run_dir = Path(resume_dir)
-        state = load_run_state(run_dir)
-        if state is not None:
+        if restored:
             stage.weights_source = recorded["network"].get("backbone_weights", stage.weights_source)
     prepare_run_dir(run_dir, fresh)  # every process checks, so none waits for a process that stopped
     ensure_writable_dir(band_folder(args.checkpoint_dir, channels), "--checkpoint_dir")
