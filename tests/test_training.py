@@ -112,27 +112,37 @@ def test_stage2_keeps_fen_and_resnet34_frozen(spatial_bn):
 
 @needs_background
 def test_train_both_stages_then_detect_with_test_py(tmp_path, had100_layout):
+    """HAD100 layout: the real background scenes as train/aviris_ng/*.npy beside the fixture's test set,
+    trained with the reference's test-set selection, then evaluated by test.py."""
+    train = had100_layout / "train" / "aviris_ng"
+    train.mkdir(parents=True)
+    for path in sorted(BACKGROUND_DIR.glob("*.mat")):
+        np.save(train / f"{path.stem}.npy", np.ascontiguousarray(load_cube(path)[:, :, :60]))
     checkpoints = tmp_path / "checkpoints"
-    result = run_script("train.py", "--stage", "all", "--data_path", BACKGROUND_DIR, "--input_channel", 50,
+    result = run_script("train.py", "--stage", "all", "--data_path", had100_layout, "--input_channel", 50,
                         "--epochs", 1, "--batch_size", 3, "--crop", "random", "--crops_per_scene", 2,
-                        "--checkpoint_dir", checkpoints, "--run_dir", tmp_path / "run", *SMALL)
+                        "--select_on_test", "--checkpoint_dir", checkpoints, "--run_dir", tmp_path / "run", *SMALL)
     assert result.returncode == 0, result.stderr
+    assert "ON TEST LABELS" in result.stdout
     folder = band_folder(checkpoints, 50)
     assert sorted(p.name for p in folder.iterdir()) == ["convh.pt", "enc.pt", "pc.pt", "restoration.pt",
                                                         "spa_fen.pt"]
-    fen_config = read_checkpoint(folder / "enc.pt")["config"]
-    assert fen_config["backbone"] == "resnet18"
-    assert fen_config["training"]["selection"] == "last"
-    assert fen_config["training"]["selection_uses_test_labels"] is False
+    for name in ("enc.pt", "spa_fen.pt"):
+        training = read_checkpoint(folder / name)["config"]["training"]
+        assert training["selection"] == "test_auc" and training["selection_uses_test_labels"] is True
+    assert read_checkpoint(folder / "enc.pt")["config"]["backbone"] == "resnet18"
     for stage in ("stage1", "stage2"):
         run = tmp_path / "run" / stage
         config = json.loads((run / "config.json").read_text())
         assert config["stage"] == stage and config["seed"] == 0
-        assert config["data"]["crops"] == 6
-        assert [m["file"] for m in config["data"]["manifest"]] == sorted(p.name for p in BACKGROUND_DIR.glob("*.mat"))
-        assert all(len(m["sha256"]) == 64 for m in config["data"]["manifest"])
+        assert config["selection"] == "test_auc" and config["selection_uses_test_labels"] is True
+        assert config["data"]["crops"] == 6 and config["data"]["source"] == "HAD100 train/aviris_ng"
+        manifest = config["data"]["manifest"]
+        assert [m["file"] for m in manifest] == sorted(p.name for p in train.glob("*.npy"))
+        assert manifest[0]["shape"] == [100, 100, 60]
         log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         assert [r["epoch"] for r in log] == [1] and np.isfinite(log[0]["loss"])
+        assert log[0]["selection"] == "test_auc" and 0.0 <= log[0]["test_auc"] <= 1.0
 
     result = run_script("test.py", "--data_path", had100_layout, "--checkpoint_dir", checkpoints,
                         "--input_channel", 50, "--save_dir", tmp_path / "results", "--device", "cpu",
