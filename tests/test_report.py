@@ -114,3 +114,43 @@ def test_compare_on_abu_scenes_prints_the_table_and_writes_pngs(tmp_path, random
     assert pngs == ["abu-airport-1.png", "abu-beach-3.png", "background_suppression.png", "roc_curves.png"]
     width, height = _png_size(tmp_path / "out" / "report" / "abu-beach-3.png")
     assert width > 4 * height  # composite, ground truth and four maps in one row
+
+
+def _local_rx_brute_force(cube, inner, outer, ridge, components):
+    """Per-pixel loops: each pixel against the ring's mean and ``np.cov``, on the first
+    ``components`` principal components of the [0, 1]-scaled cube."""
+    c, h, w = cube.shape
+    pixels = cube.reshape(c, -1).T.astype(np.float64)
+    pixels = (pixels - pixels.min()) / (pixels.max() - pixels.min())
+    if components:
+        centred = pixels - pixels.mean(0)
+        _, vectors = np.linalg.eigh(np.cov(centred, rowvar=False))
+        pixels = centred @ vectors[:, ::-1][:, :components]
+    k = pixels.shape[1]
+    image = pixels.reshape(h, w, k)
+    big, small = outer // 2, inner // 2
+    scores = np.zeros((h, w))
+    for i in range(h):
+        for j in range(w):
+            ring = np.array([image[a, b] for a in range(max(0, i - big), min(h, i + big + 1))
+                             for b in range(max(0, j - big), min(w, j + big + 1))
+                             if abs(a - i) > small or abs(b - j) > small])
+            covariance = np.cov(ring, rowvar=False)
+            covariance += ridge * np.trace(covariance) / k * np.eye(k)
+            difference = image[i, j] - ring.mean(0)
+            scores[i, j] = difference @ np.linalg.solve(covariance, difference)
+    return scores
+
+
+@pytest.mark.parametrize("components", [None, 3])
+def test_local_rx_equals_a_brute_force_ring_computation(components):
+    import torch
+
+    from fers.detectors import local_rx_scores
+
+    cube = np.random.default_rng(6).standard_normal((6, 12, 13))
+    expected = _local_rx_brute_force(cube, 3, 7, 1e-6, components)
+    for memory_mb in (0, 256):  # strips of one row, and the whole scene at once
+        scores = local_rx_scores(torch.from_numpy(cube), 3, 7, components=components, memory_mb=memory_mb)
+        assert scores.shape == (12, 13)
+        np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-5)
