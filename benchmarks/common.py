@@ -124,9 +124,12 @@ def machine(device="cpu") -> dict:
     return info
 
 
-def setup(device="cpu") -> torch.device:
-    """Threads as the detection commands set them; returns the device."""
-    default_threads()
+def setup(device="cpu", threads: int | None = None) -> torch.device:
+    """Threads as the detection commands set them (or ``threads``); returns the device."""
+    if threads:
+        torch.set_num_threads(threads)
+    else:
+        default_threads()
     return torch.device(device)
 
 

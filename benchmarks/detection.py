@@ -109,8 +109,10 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (medians reported)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (the reference pipeline stays on the CPU)")
     parser.add_argument("--output", default=str(REPO_ROOT / "benchmarks" / "results" / "detection.json"))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: every core, as the detection commands)")
     args = parser.parse_args(argv)
-    setup()
+    setup(threads=args.threads)
     device = resolve_device(args.device)
     info = machine(device)
     print(f"detection benchmark on {info.get('gpu', info['cpu'])}, {torch.get_num_threads()} threads; "

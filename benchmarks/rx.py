@@ -74,8 +74,10 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (medians reported)")
     parser.add_argument("--large", type=int, default=512, help="side of the large mosaic scene (0 = skip)")
     parser.add_argument("--output", default=str(REPO_ROOT / "benchmarks" / "results" / "rx.json"))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: every core, as the detection commands)")
     args = parser.parse_args(argv)
-    setup("cpu")
+    setup("cpu", args.threads)
     print(f"RX benchmark on {machine()['cpu']}, {torch.get_num_threads()} threads; "
           f"medians of {args.rounds} interleaved rounds")
     scenes = {bands: [make_scene(64, 64, max(args.bands), seed=seed)[0] for seed in range(max(args.batch, 1))]
