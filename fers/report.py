@@ -29,7 +29,6 @@ FALSE_COLOUR_FRACTIONS = (0.21, 0.12, 0.07)
 MAX_SCENE_PLOTS = 24  # beyond this, ROC and box plots show only the set as a whole
 MAX_BACKGROUND_SAMPLES = 20000  # background pixels per scene in the box plot (a fixed stride)
 LOWEST_FALSE_ALARM = 1e-4
-METHOD_LABELS = {"grx": "GRX", "lrx": "LRX", "ferd": "FERD", "fers": "FERS"}
 
 
 def _pyplot():
