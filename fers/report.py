@@ -112,7 +112,8 @@ def roc_figure(path, names: list, masks: list, maps: dict) -> None:
     count = 1 + len(per_scene)
     columns = min(4, count)
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False,
+                             layout="constrained")  # titles never overlap the axis labels above
     axes = axes.ravel()
     for label, scene_maps in maps.items():
         curves = np.array([_roc_on_grid(scene_maps[i], masks[i], grid) for i in usable])
