@@ -8,7 +8,6 @@ Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import FersError
+from .io import sha256_file
 
 # torchvision's published ImageNet files; the hex digits start the file's SHA-256.
 IMAGENET_WEIGHTS = {
@@ -147,14 +147,6 @@ def layer_channels(arch: str) -> list[int]:
 # --------------------------------------------------------------------------- ImageNet weights
 
 
-def _sha256_prefix(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def imagenet_file_name(arch: str) -> str:
     return IMAGENET_WEIGHTS[arch].rsplit("/", 1)[1]
 
@@ -195,7 +187,7 @@ def load_imagenet_weights(model: ResNet, weights=None, pretrained: bool = True) 
     expected = imagenet_file_name(arch).rsplit("-", 1)[1].split(".")[0]
     local = find_local_weights(arch, weights)
     if local is not None:
-        if _sha256_prefix(local)[: len(expected)] != expected:
+        if sha256_file(local)[: len(expected)] != expected:
             raise FersError(f"{local}: not torchvision's {arch} ImageNet file (SHA-256 does not start "
                             f"with {expected}); download {IMAGENET_WEIGHTS[arch]}")
         state = torch.load(local, map_location="cpu", weights_only=True)

@@ -71,9 +71,12 @@ def _check_channels(path: Path, found: int, channels: int) -> None:
                         f"use --input_channel {found} or the {channels}bands checkpoints")
 
 
-def save_fen(folder, fen: FEN) -> None:
-    """Write ``convh.pt``, ``enc.pt`` and ``pc.pt`` for a trained FEN."""
+def save_fen(folder, fen: FEN, training: dict | None = None) -> None:
+    """Write ``convh.pt``, ``enc.pt`` and ``pc.pt`` for a trained FEN; ``training`` (how it was
+    trained and selected) is recorded in each file's config."""
     config = {"channels": fen.channels, "backbone": fen.backbone}
+    if training is not None:
+        config["training"] = training
     folder = Path(folder)
     save_state(folder / "convh.pt", fen.convh, config)
     save_state(folder / "enc.pt", fen.encoder, config)
@@ -102,8 +105,12 @@ def load_fen(folder, channels: int, map_location="cpu") -> FEN:
     return fen.to(map_location).eval()
 
 
-def save_spatial_branch(folder, branch: SpatialBranch) -> None:
-    save_state(Path(folder) / SPATIAL_FILE, branch, {"channels": branch.channels, "backbone": branch.backbone})
+def save_spatial_branch(folder, branch: SpatialBranch, training: dict | None = None) -> None:
+    """Write ``spa_fen.pt``; ``training`` is recorded in its config."""
+    config = {"channels": branch.channels, "backbone": branch.backbone}
+    if training is not None:
+        config["training"] = training
+    save_state(Path(folder) / SPATIAL_FILE, branch, config)
 
 
 def load_spatial_branch(folder, channels: int, map_location="cpu") -> SpatialBranch:

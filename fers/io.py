@@ -8,6 +8,7 @@ that names the file and says what to do.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -162,6 +163,15 @@ def save_mask_png(path, mask: np.ndarray) -> None:
 
     with atomic_path(path) as tmp:
         Image.fromarray((np.asarray(mask, bool) * 255).astype(np.uint8), mode="L").save(tmp, format="PNG")
+
+
+def sha256_file(path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (data manifests, weight checks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- writing

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from .backbones import ResNet, load_imagenet_weights
-from .checkpoints import (RESTORATION_FILE, SPATIAL_FILE, STAGE1_FILES, atomic_torch_save, band_folder, load_fen,
-                          save_state)
+from .checkpoints import (RESTORATION_FILE, STAGE1_FILES, atomic_torch_save, band_folder, load_fen, save_fen,
+                          save_spatial_branch, save_state)
 from .errors import FersError
 from .fen import FEN
 from .io import ensure_writable_dir, write_json, write_text
@@ -122,13 +122,10 @@ class Stage1:
         return {"fen": self.net.fen, "spatial": None}
 
     def export(self, checkpoint_dir, training_info: dict) -> Path:
-        """``convh.pt``, ``enc.pt``, ``pc.pt`` in ``<checkpoint_dir>/<C>bands/`` (the layout of
-        :func:`fers.checkpoints.save_fen`; the config also records how the FEN was trained)."""
+        """``convh.pt``, ``enc.pt``, ``pc.pt`` in ``<checkpoint_dir>/<C>bands/``; their config also
+        records how the FEN was trained."""
         folder = band_folder(checkpoint_dir, self.channels)
-        fen = self.net.fen
-        config = {"channels": fen.channels, "backbone": fen.backbone, "training": training_info}
-        for name, module in zip(STAGE1_FILES, (fen.convh, fen.encoder, fen.classifier)):
-            save_state(folder / name, module, config)
+        save_fen(folder, self.net.fen, training_info)
         return folder
 
     def describe(self) -> dict:
@@ -215,8 +212,7 @@ class Stage2:
 
     def export(self, checkpoint_dir, training_info: dict) -> Path:
         folder = band_folder(checkpoint_dir, self.channels)
-        save_state(folder / SPATIAL_FILE, self.spatial, {"channels": self.channels, "backbone": self.spatial.backbone,
-                                                         "training": training_info})
+        save_spatial_branch(folder, self.spatial, training_info)
         save_state(folder / RESTORATION_FILE, self.student.restoration,
                    {"channels": self.channels, "training": training_info})
         return folder

@@ -14,7 +14,6 @@ sorted manifest (file name, SHA-256, shape) records exactly what was trained on.
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FersError
-from .io import load_cube
+from .io import load_cube, sha256_file
 from .preprocessing import normalize_cube, to_chw, validate_cube
 
 CROP_MODES = ("tile", "random")
@@ -42,14 +41,6 @@ class TrainingData:
 
     def __len__(self) -> int:
         return len(self.crops)
-
-
-def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def training_files(data_path, sensor: str = "aviris_ng") -> tuple[list[Path], str]:
