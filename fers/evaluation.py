@@ -19,7 +19,7 @@ from . import detectors
 from .checkpoints import band_folder, load_fen, load_spatial_branch
 from .datasets import Scene, load_scene
 from .errors import FersError
-from .io import OutputFolder, save_mat, write_json, write_text
+from .io import OutputFolder, save_mat, sha256_file, write_json, write_text
 from .metrics import METRIC_NAMES, auc, f1_optimal_threshold, mean_ignoring_nan, roc3d_metrics
 from .preprocessing import prepare_cube, to_chw
 from .utils import versions
@@ -163,6 +163,7 @@ class Evaluation:
     masks: list
     total_seconds: float
     config: dict
+    manifest: list = field(default_factory=list)
 
     @property
     def mean_auc(self) -> tuple[float, int]:
@@ -254,7 +255,14 @@ def evaluate(detector: Detector, scenes: list[Scene], band_policy: str = "interp
     if detect == "AE":
         config.update({"ae_steps": ae_steps, "ae_select": ae_select, "seed": seed,
                        "ae_selection_uses_ground_truth": ae_select == "oracle"})
-    return Evaluation(results, scores, masks, total, config)
+    return Evaluation(results, scores, masks, total, config, data_manifest(scenes))
+
+
+def data_manifest(scenes: list[Scene]) -> list[dict]:
+    """File names and SHA-256 of every cube and ground truth, recorded with the results."""
+    return [{"name": scene.name, "cube": str(scene.cube_path), "cube_sha256": sha256_file(scene.cube_path),
+             "ground_truth": str(scene.gt_path) if scene.gt_path else None,
+             "ground_truth_sha256": sha256_file(scene.gt_path) if scene.gt_path else None} for scene in scenes]
 
 
 def _stack_or_cells(arrays: list) -> np.ndarray:
@@ -297,6 +305,7 @@ def write_outputs(save_dir, evaluation: Evaluation, run_config: dict, title: str
         "oracle": oracle,
         "config": {**run_config, **evaluation.config},
         "versions": versions(),
+        "data_manifest": evaluation.manifest,
     }
     if oracle:
         payload["warning"] = "ORACLE: the autoencoder step was chosen by ground-truth AUC (--ae_select oracle)"

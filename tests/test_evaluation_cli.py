@@ -1,5 +1,6 @@
 """End to end: test.py on a HAD100 layout and FERS_ABU/test.py on ABU, with checkpoints the tests make."""
 
+import hashlib
 import json
 import shutil
 
@@ -32,6 +33,10 @@ def test_had100_test_py_end_to_end(had100_layout, random_checkpoints, tmp_path):
     assert payload["scenes_covered"] == 3
     assert payload["config"]["fusion"] == "product" and payload["config"]["rx_precision"] == "float32"
     assert payload["versions"]["torch"]
+    manifest = {entry["name"]: entry for entry in payload["data_manifest"]}
+    cube_path = had100_layout / "test" / "aviris_ng" / "scene1.npy"
+    assert manifest["scene1"]["cube_sha256"] == hashlib.sha256(cube_path.read_bytes()).hexdigest()
+    assert manifest["scene1"]["ground_truth"].endswith("scene1.png")
     scores = scipy.io.loadmat(save_dir / "scores.mat")["scores"]
     gts = scipy.io.loadmat(save_dir / "gts.mat")["gts"]
     assert scores.shape == gts.shape == (3, 64, 64)
