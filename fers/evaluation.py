@@ -58,7 +58,8 @@ class Detector:
         self.device = torch.device(device)
         self.fen = fen.to(self.device).eval() if fen is not None else None
         self.spatial = spatial.to(self.device).eval() if spatial is not None else None
-        self.fusion = detectors.resolve_fusion(fusion, channels)
+        # Fusion only applies when both branches are present; recorded as "none" otherwise.
+        self.fusion = detectors.resolve_fusion(fusion, channels) if fen is not None and spatial is not None else "none"
         self.rx_precision = detectors.resolve_rx_precision(rx_precision, channels)
 
     @classmethod

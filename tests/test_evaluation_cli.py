@@ -53,6 +53,7 @@ def test_rx_precision_float64_is_recorded(had100_layout, random_checkpoints, tmp
     assert result.returncode == 0, result.stderr
     config = json.loads((save_dir / "results.json").read_text())["config"]
     assert config["rx_precision"] == "float64" and config["branches"] == "spectral"
+    assert config["fusion"] == "none"  # one branch: RX(x + spectral), no fusion
 
 
 def test_spectral_branch_needs_only_stage1_files(had100_layout, tmp_path):
