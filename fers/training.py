@@ -21,7 +21,9 @@ import copy
 import json
 import os
 import random
+import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -61,6 +63,36 @@ class TrainingInterrupted(Exception):
         self.signum = signum
         self.run_dir = run_dir
         self.epochs_done = epochs_done
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def write_errors(folder, flag: str, hint: str = ""):
+    """A failed write (disk full, file-size limit, quota, folder gone) becomes one line naming the
+    folder. ``torch.save`` reports such failures as RuntimeError, so wrap only code that writes."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        reason = getattr(error, "strerror", None) or "write failed: disk full or file-size limit reached"
+        raise FersError(f"{folder}: cannot write ({reason}); free disk space{hint} or choose another {flag}") from None
+
+
+@contextlib.contextmanager
+def staged_export(folder: Path):
+    """Yield a hidden folder inside ``folder``; its files replace those in ``folder`` only once all
+    are written, so a failed export never leaves new and old checkpoint files mixed."""
+    folder = Path(folder)
+    with write_errors(folder, "--checkpoint_dir"):
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=folder))
+        try:
+            yield staging
+            for item in sorted(staging.iterdir()):
+                os.replace(item, folder / item.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- stages
@@ -125,7 +157,8 @@ class Stage1:
         """``convh.pt``, ``enc.pt``, ``pc.pt`` in ``<checkpoint_dir>/<C>bands/``; their config also
         records how the FEN was trained."""
         folder = band_folder(checkpoint_dir, self.channels)
-        save_fen(folder, self.net.fen, training_info)
+        with staged_export(folder) as staging:
+            save_fen(staging, self.net.fen, training_info)
         return folder
 
     def describe(self) -> dict:
@@ -212,9 +245,10 @@ class Stage2:
 
     def export(self, checkpoint_dir, training_info: dict) -> Path:
         folder = band_folder(checkpoint_dir, self.channels)
-        save_spatial_branch(folder, self.spatial, training_info)
-        save_state(folder / RESTORATION_FILE, self.student.restoration,
-                   {"channels": self.channels, "training": training_info})
+        with staged_export(folder) as staging:
+            save_spatial_branch(staging, self.spatial, training_info)
+            save_state(staging / RESTORATION_FILE, self.student.restoration,
+                       {"channels": self.channels, "training": training_info})
         return folder
 
     def describe(self) -> dict:
@@ -349,7 +383,7 @@ def load_run_state(run_dir) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # atomic writes make this unlikely; say what to do
-        raise FersError(f"{path}: unreadable training state ({str(error).splitlines()[0][:120]}); "
+        raise FersError(f"{path}: unreadable training state ({str(error).splitlines()[0].split('. ')[0][:120]}); "
                         "start a new run") from None
 
 
@@ -501,8 +535,9 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
                 payload = {"epoch": epoch + 1, "history": history, "best": best,
                            "modules": {name: _cpu_state(m) for name, m in stage.modules().items()},
                            "optimizer": optimizer.state_dict(), "rng": rng_states(order)}
-                atomic_torch_save(run_dir / STATE_FILE, payload)
-                write_text(run_dir / LOG_FILE, "".join(json.dumps(r) + "\n" for r in history))
+                with write_errors(run_dir, "--run_dir", f" and continue with --resume {run_dir},"):
+                    atomic_torch_save(run_dir / STATE_FILE, payload)
+                    write_text(run_dir / LOG_FILE, "".join(json.dumps(r) + "\n" for r in history))
                 bar.write(_epoch_line(record, options.epochs))
             dist.barrier()
         if stopper.signum is not None:
@@ -553,5 +588,6 @@ def run_config(stage, args: dict, data: TrainingData, options: TrainingOptions, 
 
 
 def write_run_config(run_dir, config: dict) -> None:
-    write_json(Path(run_dir) / CONFIG_FILE, config)
+    with write_errors(run_dir, "--run_dir"):
+        write_json(Path(run_dir) / CONFIG_FILE, config)
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .. import data_tools
-from ..errors import EXIT_USAGE, cli_entry
+from ..errors import EXIT_USAGE, FersError, cli_entry
 from ..io import write_json
 
 # Not fers.utils.REPO_ROOT: importing fers.utils loads torch, which check/prepare_abu do not need.
@@ -60,7 +60,11 @@ def check_main(argv=None):
     for line in data_tools.report_lines(report):
         print(line)
     if args.json:
-        write_json(args.json, report.as_dict())
+        try:
+            write_json(args.json, report.as_dict())
+        except OSError as error:
+            raise FersError(f"{args.json}: cannot write the report ({error.strerror or error}); "
+                            "free disk space or choose another --json") from None
     if report.problems:
         sys.exit(EXIT_USAGE)
     return 0
