@@ -13,27 +13,40 @@ BAND_POLICIES = ("first", "interp", "error")
 NODATA_VALUES = (-9999.0, -32768.0, 1e-34, -1e34, -3.4028234663852886e38)
 
 
+def invalid_pixels(cube: np.ndarray) -> tuple[int, int]:
+    """``(pixels holding NaN/Inf, pixels holding a no-data fill value)`` of a ``(rows, cols, bands)``
+    cube or row chunk; a pixel counts once, whichever of its bands holds the value."""
+    if cube.dtype.kind == "f":
+        bad = int((~np.isfinite(cube)).any(axis=2).sum())
+        if bad:
+            return bad, 0
+    low, high = np.min(cube), np.max(cube)
+    nodata = np.zeros(cube.shape[:2], dtype=bool)
+    for value in NODATA_VALUES:
+        if low - 1e-6 * abs(value) <= value <= high + 1e-6 * abs(value):  # skip values out of range
+            nodata |= np.isclose(cube, value, rtol=1e-6, atol=0).any(axis=2)
+    return 0, int(nodata.sum())
+
+
+def raise_invalid(name: str, bad: int, nodata: int) -> None:
+    """The one-line errors for :func:`invalid_pixels` counts (no-op when both are 0)."""
+    if bad:
+        raise FersError(f"{name}: {bad} pixel(s) hold NaN or Inf values; "
+                        "fill or crop them before detection (FERS does not guess missing data)")
+    if nodata:
+        raise FersError(f"{name}: {nodata} pixel(s) hold a no-data fill value "
+                        f"(one of {', '.join(f'{v:g}' for v in NODATA_VALUES)}); "
+                        "crop them out or fill them before detection")
+
+
 def validate_cube(cube: np.ndarray, name: str) -> None:
     """Reject cubes that would silently poison the statistics: NaN/Inf, no-data fill values,
     or a constant cube (max = min). FERS rejects such cubes instead of masking them, so a
     number it reports is never computed on partly invalid data."""
     if cube.ndim != 3:
         raise FersError(f"{name}: expected a 3-D cube (rows, cols, bands), got shape {tuple(cube.shape)}")
-    if cube.dtype.kind == "f":
-        finite = np.isfinite(cube)
-        if not finite.all():
-            bad_pixels = int((~finite).any(axis=2).sum())
-            raise FersError(f"{name}: {bad_pixels} pixel(s) hold NaN or Inf values; "
-                            "fill or crop them before detection (FERS does not guess missing data)")
+    raise_invalid(name, *invalid_pixels(cube))
     low, high = np.min(cube), np.max(cube)
-    nodata = np.zeros(cube.shape[:2], dtype=bool)
-    for value in NODATA_VALUES:
-        if low - 1e-6 * abs(value) <= value <= high + 1e-6 * abs(value):  # skip values out of range
-            nodata |= np.isclose(cube, value, rtol=1e-6, atol=0).any(axis=2)
-    if nodata.any():
-        raise FersError(f"{name}: {int(nodata.sum())} pixel(s) hold a no-data fill value "
-                        f"(one of {', '.join(f'{v:g}' for v in NODATA_VALUES)}); "
-                        "crop them out or fill them before detection")
     if not high > low:
         raise FersError(f"{name}: the cube is constant (every value is {float(low):g}); "
                         "it holds no signal to detect anomalies in")

@@ -19,7 +19,7 @@ import torch
 
 from . import detectors
 from .errors import FersError
-from .preprocessing import INPUT_SCALE, NODATA_VALUES, apply_band_policy, to_chw
+from .preprocessing import INPUT_SCALE, apply_band_policy, invalid_pixels, raise_invalid, to_chw
 
 BACKGROUNDS = ("tile", "global")
 CHUNK_BYTES = 64 * 2 ** 20  # float64 working set of one row chunk
@@ -50,25 +50,13 @@ def prepare_scene(cube: np.ndarray, channels: int, band_policy: str = "interp", 
     description = ""
     for start in range(0, cube.shape[0], rows):
         chunk = np.asarray(cube[start:start + rows])
-        if chunk.dtype.kind == "f":
-            bad += int((~np.isfinite(chunk)).any(axis=2).sum())
-            if bad:
-                continue
-        chunk_low, chunk_high = float(np.min(chunk)), float(np.max(chunk))
-        flagged = np.zeros(chunk.shape[:2], dtype=bool)
-        for value in NODATA_VALUES:
-            if chunk_low - 1e-6 * abs(value) <= value <= chunk_high + 1e-6 * abs(value):
-                flagged |= np.isclose(chunk, value, rtol=1e-6, atol=0).any(axis=2)
-        nodata += int(flagged.sum())
+        chunk_bad, chunk_nodata = invalid_pixels(chunk)
+        bad, nodata = bad + chunk_bad, nodata + chunk_nodata
+        if bad:
+            continue
         selected, description = apply_band_policy(chunk, channels, band_policy, name)
         low, high = min(low, float(np.min(selected))), max(high, float(np.max(selected)))
-    if bad:
-        raise FersError(f"{name}: {bad} pixel(s) hold NaN or Inf values; "
-                        "fill or crop them before detection (FERS does not guess missing data)")
-    if nodata:
-        raise FersError(f"{name}: {nodata} pixel(s) hold a no-data fill value "
-                        f"(one of {', '.join(f'{v:g}' for v in NODATA_VALUES)}); "
-                        "crop them out or fill them before detection")
+    raise_invalid(name, bad, nodata)
     if not high > low:
         raise FersError(f"{name}: the selected {channels} bands are constant; nothing to detect")
     prepared = np.empty(cube.shape[:2] + (channels,), dtype=np.float32)
