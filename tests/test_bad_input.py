@@ -28,13 +28,16 @@ no-data -9999 / 1e-34  x     x     x       -       -        x      x       x
 constant cube          x     x     x       -       -        x      x       x
 fewer bands            x     x     x       x       -        -      x       x
 gt of another size     x     x     -       -       x        x      x       x
-gt without anomaly     -     0     -       -       -        x      0       0
+gt without anomaly     -*    0     -       -       -        x      0       0
+gt missing             x     x     -       -       -        x      x       -
+checkpoint missing     x     x     -       -*      -        -      x       x
 checkpoint wrong/bad   x     x     -       x       -        -      x       x
 output not writable    x     x     -*      x       x        x      x       x
 disk full (EFBIG)      x     x     x       -       x        x      x       x
 ====================  ====  ===  ======  ======  =======  =====  ======  =======
 
-``0``: the success case (exit 0). ``-*``: covered by tests/test_training.py. prepare_abu copies
+``0``: the success case (exit 0). ``-*``: covered by tests/test_training.py (training) or
+tests/test_evaluation_cli.py (test.py without anomaly pixels). prepare_abu copies
 values as they are (check.py is the validator), so value problems do not apply to it; training
 reads no ground truth; compare.py runs the same loader for every scene, so one format per
 problem is enough there. Stage 2 shares stage 1's data loading: only its own inputs (stage-1
@@ -336,6 +339,31 @@ def _checkpoint(problem):
     return make
 
 
+def _gt_missing(w, c):
+    path = w.gt()
+    path.unlink()
+    if c == "check":
+        return Case(w.args(c), ("scene1.npy", f"no ground truth (expected {path})"), "table")
+    if c == "detect":
+        return Case(w.args(c, extra=["--gt", path]), (path.name, "no such ground-truth file"))
+    return Case(w.args(c, data=w.copy("had100")), ("scene1.npy", f"no ground truth at {path}"))
+
+
+def _checkpoint_missing(w, c):
+    ck = w.copy("ck")
+    folder = band_folder(ck, CHANNELS)
+    if c == "detect":  # no <C>bands folder at all
+        shutil.rmtree(folder)
+        return Case(w.args(c, ck=ck), (str(folder), "checkpoint folder not found"))
+    if c == "compare":  # only the FERD method asked, and its files are gone
+        (folder / "enc.pt").unlink()
+        return Case(w.args(c, ck=ck, extra=["--methods", "ferd"]), (str(folder), "no method can run"))
+    name = "spa_fen.pt" if c == "abu" else "enc.pt"
+    (folder / name).unlink()
+    return Case(w.args(c, ck=ck, extra=["--branches", "both"] if c == "abu" else []),
+                (name, "checkpoint not found"))
+
+
 def _unwritable(w, c):
     out = w.blocked()
     if c == "check":
@@ -366,8 +394,8 @@ PROBLEMS = {
     "empty_folder": (_empty, "test abu train1 prepare check compare"),
     "truncated_npy": (_truncated("npy"), "test abu train1 check detect"),
     "truncated_mat": (_truncated("mat"), "abu train1 prepare check detect compare"),
-    "truncated_png": (_truncated("png"), "test check detect compare"),
-    "cube_2d": (_values("2d"), "test abu train1 check detect"),
+    "truncated_png": (_truncated("png"), "test abu check detect compare"),
+    "cube_2d": (_values("2d"), "test abu train1 prepare check detect"),
     "cube_4d": (_values("4d"), "test abu train1 prepare check detect"),
     "nan": (_values("nan"), "test abu train1 train2 check detect compare"),
     "inf": (_values("inf"), "test abu train1 check detect"),
@@ -377,6 +405,8 @@ PROBLEMS = {
     "fewer_bands": (_fewer_bands, "test abu train1 train2 detect compare"),
     "gt_size": (_gt_size, "test abu prepare check detect compare"),
     "gt_no_anomaly": (_no_anomaly, "abu check detect compare"),
+    "gt_missing": (_gt_missing, "test abu check detect"),
+    "checkpoint_missing": (_checkpoint_missing, "test abu detect compare"),
     "checkpoint_wrong_bands": (_checkpoint("wrong_bands"), "test abu train2 detect compare"),
     "checkpoint_corrupt": (_checkpoint("corrupt"), "test abu train2 detect compare"),
     "output_not_writable": (_unwritable, "test abu train2 prepare check detect compare"),

@@ -178,3 +178,13 @@ def test_chunked_preparation_of_float32_with_a_large_offset_keeps_its_precision(
     # the RX of the normalised cube still finds the same scores (RX is invariant to the affine scaling)
     scores = rx_scores(torch.from_numpy(to_chw(prepared))[None].double(), "float64")[0].numpy()
     np.testing.assert_allclose(scores, numpy_pinv_rx(to_chw(data)), rtol=1e-5)
+
+
+def test_interrupt_before_the_first_epoch_says_no_state_was_saved(tmp_path, capsys):
+    from fers.cli.train import _interrupted
+    from fers.training import TrainingInterrupted
+
+    assert _interrupted(TrainingInterrupted(signal.SIGTERM, tmp_path, 0)) == 143
+    err = capsys.readouterr().err
+    assert "no epoch had completed yet" in err and "state.pt holds" not in err
+    assert f"--resume {tmp_path}" in err

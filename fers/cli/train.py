@@ -166,9 +166,10 @@ def train_stage(stage_name: str, args, dist, resume_dir=None, recorded: dict | N
 
 
 def _interrupted(error: TrainingInterrupted) -> int:
-    print(f"\ninterrupted by signal {error.signum}; {error.run_dir}/state.pt holds the last completed epoch "
-          f"({error.epochs_done}). Resume with:\n  python {REPO_ROOT / 'train.py'} --resume {error.run_dir}",
-          file=sys.stderr)
+    saved = (f"{error.run_dir}/state.pt holds the last completed epoch ({error.epochs_done})" if error.epochs_done
+             else "no epoch had completed yet (resuming starts the run again)")
+    print(f"\ninterrupted by signal {error.signum}; {saved}. Resume with:\n"
+          f"  python {REPO_ROOT / 'train.py'} --resume {error.run_dir}", file=sys.stderr)
     return 128 + error.signum
 
 
