@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_path
+from .io import OutputFolder, atomic_path
 from .metrics import auc as auc_score
 from .metrics import roc_curve
 
@@ -198,19 +198,19 @@ def write_method_report(report_dir, scenes: list, masks: list, maps: dict, log=p
     from .datasets import load_scene
 
     report_dir = Path(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
     names = [scene.name for scene in scenes]
-    for index, scene in enumerate(scenes):
-        cube, _ = load_scene(scene)
-        composite = false_colour(cube)
-        del cube
-        scene_panel(report_dir / f"{scene.name}.png", scene.name, composite, masks[index],
-                    {label: scene_maps[index] for label, scene_maps in maps.items()})
-    if any(mask.any() and not mask.all() for mask in masks):
-        roc_figure(report_dir / "roc_curves.png", names, masks, maps)
-        box_figure(report_dir / "background_suppression.png", names, masks, maps)
-    else:
-        log("note: no scene has both anomaly and background pixels; ROC and box plots skipped")
+    with OutputFolder(report_dir) as staging:  # all figures or none (e.g. on a full disk)
+        for index, scene in enumerate(scenes):
+            cube, _ = load_scene(scene)
+            composite = false_colour(cube)
+            del cube
+            scene_panel(staging / f"{scene.name}.png", scene.name, composite, masks[index],
+                        {label: scene_maps[index] for label, scene_maps in maps.items()})
+        if any(mask.any() and not mask.all() for mask in masks):
+            roc_figure(staging / "roc_curves.png", names, masks, maps)
+            box_figure(staging / "background_suppression.png", names, masks, maps)
+        else:
+            log("note: no scene has both anomaly and background pixels; ROC and box plots skipped")
     log(f"report written to {report_dir}")
     return report_dir
 

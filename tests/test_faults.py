@@ -188,3 +188,24 @@ def test_interrupt_before_the_first_epoch_says_no_state_was_saved(tmp_path, caps
     err = capsys.readouterr().err
     assert "no epoch had completed yet" in err and "state.pt holds" not in err
     assert f"--resume {tmp_path}" in err
+
+
+def test_report_is_all_or_nothing_on_a_failed_write(had100_layout, tmp_path, monkeypatch):
+    from fers import report
+    from fers.datasets import had100_manifest, load_scene
+
+    scenes = had100_manifest(had100_layout)
+    masks = [load_scene(scene)[1] for scene in scenes]
+    maps = {"RX": [np.random.default_rng(i).random(mask.shape) for i, mask in enumerate(masks)]}
+    real_save, saved = report._save, []
+
+    def save_then_fail(figure, path):  # the second figure hits a full disk
+        if saved:
+            raise OSError(27, "File too large")
+        saved.append(path)
+        real_save(figure, path)
+
+    monkeypatch.setattr(report, "_save", save_then_fail)
+    with pytest.raises(FersError, match=r"report: cannot write the results \(File too large\); free disk space"):
+        report.write_method_report(tmp_path / "out" / "report", scenes, masks, maps, log=lambda *a: None)
+    assert saved and not any((tmp_path / "out" / "report").iterdir())
