@@ -9,6 +9,7 @@ Files are written atomically (temporary file, then rename).
 
 from __future__ import annotations
 
+import errno
 import pickle
 import zipfile
 from pathlib import Path
@@ -47,13 +48,17 @@ def read_checkpoint(path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
-        raise FersError(f"{path}: corrupt or unreadable checkpoint ({str(error).splitlines()[0][:120]}); "
+        raise FersError(f"{path}: corrupt or unreadable checkpoint ({_first_sentence(error)}); "
                         "download or train it again") from None
     if isinstance(payload, dict) and "state_dict" in payload and isinstance(payload["state_dict"], dict):
         return payload
     if isinstance(payload, dict) and all(torch.is_tensor(v) for v in payload.values()):
         return {"state_dict": payload}  # a bare state dict
     raise FersError(f"{path}: not a checkpoint of the reference format {{'state_dict': ...}}")
+
+
+def _first_sentence(error: Exception) -> str:
+    return str(error).splitlines()[0].split(". ")[0][:120] if str(error) else error.__class__.__name__
 
 
 def _load_strict(module: torch.nn.Module, payload: dict, path: Path) -> None:
@@ -130,4 +135,7 @@ def load_spatial_branch(folder, channels: int, map_location="cpu") -> SpatialBra
 def atomic_torch_save(path, payload) -> None:
     """``torch.save`` through a temporary file and a rename: a kill never leaves a corrupt file."""
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as error:  # torch reports a failed write (disk full, quota) this way
+            raise OSError(errno.EIO, f"writing {Path(path).name} failed: {_first_sentence(error)}") from None

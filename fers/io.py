@@ -35,8 +35,23 @@ def _read_mat(path: Path) -> dict:
     except NotImplementedError:
         pass  # MATLAB v7.3 files are HDF5
     except Exception as error:  # scipy raises many types for damaged files
+        if _is_hdf5(path):
+            return _read_hdf5_mat(path)
         raise FersError(f"{path}: not a readable .mat file ({error.__class__.__name__}: {error}); "
                         "re-export it from MATLAB or replace the damaged copy") from None
+    return _read_hdf5_mat(path)
+
+
+def _is_hdf5(path: Path) -> bool:
+    try:
+        import h5py
+
+        return bool(h5py.is_hdf5(path))
+    except (ImportError, OSError):
+        return False
+
+
+def _read_hdf5_mat(path: Path) -> dict:
     try:
         import h5py
     except ImportError:
@@ -154,7 +169,10 @@ def load_mask(path, key: str | None = None) -> np.ndarray:
         raise FersError(f"{path}: unknown ground-truth type '{suffix}'; use .png, .mat or .npy")
     if array.ndim != 2:
         raise FersError(f"{path}: expected a 2-D ground truth (rows, cols), got shape {tuple(array.shape)}")
-    return np.asarray(array) != 0
+    array = np.asarray(array)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise FersError(f"{path}: ground truth holds NaN or Inf values; use 0 for background and 1 for anomalies")
+    return array != 0
 
 
 def save_mask_png(path, mask: np.ndarray) -> None:
