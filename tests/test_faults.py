@@ -70,7 +70,7 @@ def test_sigterm_and_sigint_stop_resumably_and_resume_bitwise(tmp_path, scene_fo
         assert "Traceback" not in err
         assert f"interrupted by signal {int(names[name])}" in err and f"--resume {runs[name][0]}" in err, err
         state = torch.load(runs[name][0] / "state.pt", weights_only=True)
-        assert 1 <= state["epoch"] < EPOCHS  # a completed epoch, not the end
+        assert EPOCHS > state["epoch"] >= 1  # a completed epoch, not the end
         assert f"the last completed epoch ({state['epoch']})" in err
         assert not band_folder(runs[name][1], 50).exists() or not any(band_folder(runs[name][1], 50).iterdir())
     resumed = {name: _start("train.py", ["--resume", runs[name][0], "--no_progress"], tmp_path) for name in ("term", "int")}
