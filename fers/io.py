@@ -260,8 +260,10 @@ class OutputFolder:
     ...     write_json(out / "results.json", {...})
     """
 
-    def __init__(self, save_dir):
+    def __init__(self, save_dir, flag: str = "--save_dir", what: str = "the results"):
         self.save_dir = Path(save_dir)
+        self.flag = flag  # the option that chooses this folder, named in error messages
+        self.what = what
         self.staging: Path | None = None
 
     def __enter__(self) -> Path:
@@ -270,7 +272,7 @@ class OutputFolder:
             self.staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.save_dir))
         except OSError as error:
             raise FersError(f"{self.save_dir}: cannot create the output folder ({error.strerror}); "
-                            "choose a writable --save_dir") from None
+                            f"choose a writable {self.flag}") from None
         return self.staging
 
     def __exit__(self, exc_type, exc, tb):
@@ -281,14 +283,16 @@ class OutputFolder:
                     for item in sorted(self.staging.iterdir()):
                         os.replace(item, self.save_dir / item.name)
                 except OSError as error:
-                    raise FersError(f"{self.save_dir}: cannot write the results ({error.strerror}); "
-                                    "free disk space or choose another --save_dir") from None
+                    raise self._write_error(error) from None
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
         if exc_type is not None and issubclass(exc_type, OSError):
-            raise FersError(f"{self.save_dir}: cannot write the results ({exc.strerror or exc}); "
-                            "free disk space or choose another --save_dir") from None
+            raise self._write_error(exc) from None
         return False
+
+    def _write_error(self, error: OSError) -> FersError:
+        return FersError(f"{self.save_dir}: cannot write {self.what} ({error.strerror or error}); "
+                         f"free disk space or choose another {self.flag}")
 
 
 def ensure_writable_dir(path, flag: str = "--save_dir") -> Path:

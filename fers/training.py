@@ -21,9 +21,7 @@ import copy
 import json
 import os
 import random
-import shutil
 import signal
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,7 +36,7 @@ from .checkpoints import (RESTORATION_FILE, STAGE1_FILES, atomic_torch_save, ban
                           save_spatial_branch, save_state)
 from .errors import FersError
 from .fen import FEN
-from .io import ensure_writable_dir, write_json, write_text
+from .io import OutputFolder, ensure_writable_dir, write_json, write_text
 from .losses import BCE_INPUTS, STAGE1_WEIGHTS, STAGE2_WEIGHTS, stage1_loss, stage2_loss
 from .restoration import RestorationNetwork
 from .reverse_distillation import FERDNetwork
@@ -77,22 +75,6 @@ def write_errors(folder, flag: str, hint: str = ""):
     except (OSError, RuntimeError) as error:
         reason = getattr(error, "strerror", None) or "write failed: disk full or file-size limit reached"
         raise FersError(f"{folder}: cannot write ({reason}); free disk space{hint} or choose another {flag}") from None
-
-
-@contextlib.contextmanager
-def staged_export(folder: Path):
-    """Yield a hidden folder inside ``folder``; its files replace those in ``folder`` only once all
-    are written, so a failed export never leaves new and old checkpoint files mixed."""
-    folder = Path(folder)
-    with write_errors(folder, "--checkpoint_dir"):
-        folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=folder))
-        try:
-            yield staging
-            for item in sorted(staging.iterdir()):
-                os.replace(item, folder / item.name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- stages
@@ -157,7 +139,7 @@ class Stage1:
         """``convh.pt``, ``enc.pt``, ``pc.pt`` in ``<checkpoint_dir>/<C>bands/``; their config also
         records how the FEN was trained."""
         folder = band_folder(checkpoint_dir, self.channels)
-        with staged_export(folder) as staging:
+        with OutputFolder(folder, "--checkpoint_dir", "the checkpoints") as staging:
             save_fen(staging, self.net.fen, training_info)
         return folder
 
@@ -245,7 +227,7 @@ class Stage2:
 
     def export(self, checkpoint_dir, training_info: dict) -> Path:
         folder = band_folder(checkpoint_dir, self.channels)
-        with staged_export(folder) as staging:
+        with OutputFolder(folder, "--checkpoint_dir", "the checkpoints") as staging:
             save_spatial_branch(staging, self.spatial, training_info)
             save_state(staging / RESTORATION_FILE, self.student.restoration,
                        {"channels": self.channels, "training": training_info})
