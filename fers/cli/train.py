@@ -211,22 +211,23 @@ def stage_parser(stage_name: str, prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-@cli_entry
-def stage1_main(argv=None):
-    parser = stage_parser("stage1", "train_FERD/train.py")
+def _stage_main(stage: str, prog: str, argv):
+    """One stage's command line: ``stage`` is ``"1"`` or ``"2"``."""
+    parser = stage_parser(STAGES[stage], prog)
     args = parser.parse_args(argv)
     _check(parser, args)
-    args.stage = "1"
-    return _run(["stage1"], args)
+    args.stage = stage
+    return _run([STAGES[stage]], args)
+
+
+@cli_entry
+def stage1_main(argv=None):
+    return _stage_main("1", "train_FERD/train.py", argv)
 
 
 @cli_entry
 def stage2_main(argv=None):
-    parser = stage_parser("stage2", "train_FERS/train.py")
-    args = parser.parse_args(argv)
-    _check(parser, args)
-    args.stage = "2"
-    return _run(["stage2"], args)
+    return _stage_main("2", "train_FERS/train.py", argv)
 
 
 def main_parser() -> argparse.ArgumentParser:
