@@ -135,11 +135,8 @@ class Detector:
         with torch.inference_mode():
             cubes = cubes.to(self.device, torch.float32)
             spectral, spatial = self.features(cubes)
-            total = cubes.clone()
-            for features in (spectral, spatial):
-                if features is not None:
-                    total += features
-        return total.clone()
+            total = sum(f for f in (spectral, spatial) if f is not None) + cubes if self.branches != "none" else cubes
+        return total.clone()  # a normal tensor: the autoencoder trains on it outside inference mode
 
 
 @dataclass
