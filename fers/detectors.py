@@ -58,6 +58,26 @@ def _rx_eigen(centred: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
     return (projected.square() * inverse.unsqueeze(-1)).sum(1)
 
 
+GRAM_BLOCKED_MIN_CHANNELS = 128  # below this, two half-size products are slower than one (measured)
+
+
+def _gram(rows: torch.Tensor) -> torch.Tensor:
+    """``rows @ rowsᵀ`` for ``(N, C, P)``. From ``GRAM_BLOCKED_MIN_CHANNELS`` channels on, only the
+    two diagonal blocks and one off-diagonal block are multiplied (3/4 of the products; the matrix
+    is symmetric), which BLAS's general product cannot know."""
+    n, c, _ = rows.shape
+    if c < GRAM_BLOCKED_MIN_CHANNELS:
+        return rows @ rows.mT
+    half = c // 2
+    top, bottom = rows[:, :half], rows[:, half:]
+    gram = torch.empty(n, c, c, dtype=rows.dtype, device=rows.device)
+    torch.matmul(top, top.mT, out=gram[:, :half, :half])
+    torch.matmul(bottom, bottom.mT, out=gram[:, half:, half:])
+    torch.matmul(bottom, top.mT, out=gram[:, half:, :half])
+    gram[:, :half, half:] = gram[:, half:, :half].mT
+    return gram
+
+
 def _rx_float64(cubes: torch.Tensor) -> torch.Tensor:
     """Float64 RX scores ``(N, P)`` of cubes ``(N, C, H, W)``.
 
@@ -69,24 +89,29 @@ def _rx_float64(cubes: torch.Tensor) -> torch.Tensor:
     ``zᵀ Σ⁺ z`` (and the relative cutoff) cancels, so it is left out: two passes fewer.
     """
     n, c, h, w = cubes.shape
-    pixels = torch.empty((n, c, h, w), dtype=torch.float64, device=cubes.device).copy_(cubes).view(n, c, h * w)
+    # Pixel-major (channels-last) float64 copy: the triangular solve then reads the centred values
+    # as the column-major matrix LAPACK wants, with no transposed copy (a channels-last input, the
+    # networks' output layout, is not transposed either).
+    pixels = torch.empty((n, h, w, c), dtype=torch.float64, device=cubes.device)
+    pixels = pixels.permute(0, 3, 1, 2).copy_(cubes).view(n, c, h * w)
     centred = pixels.sub_(pixels.mean(2, keepdim=True))
-    covariance = centred @ centred.transpose(1, 2) / (h * w - 1)
+    covariance = _gram(centred).div_(h * w - 1)
     factor, info = torch.linalg.cholesky_ex(covariance)
     trace = torch.diagonal(covariance, dim1=-2, dim2=-1).sum(-1)
     condition = trace * _inverse_norm_estimate(factor)
     cholesky = (info == 0) & torch.isfinite(condition) & (condition <= RX_CHOLESKY_MAX_CONDITION)
 
-    def whitened_norms(index=None):
-        chosen = (factor, centred) if index is None else (factor[index], centred[index])
-        return torch.linalg.vector_norm(torch.linalg.solve_triangular(*chosen, upper=False), dim=1).square_()
+    def whitened_norms(lower, values):
+        # ``values`` is overwritten: the solve runs in place (no copy of the pixels)
+        whitened = torch.linalg.solve_triangular(lower, values, upper=False, out=values)
+        return torch.linalg.vector_norm(whitened, dim=1).square_()
 
     if bool(cholesky.all()):
-        return whitened_norms()
+        return whitened_norms(factor, centred)
     scores = torch.empty(n, h * w, dtype=torch.float64, device=cubes.device)
     fast = cholesky.nonzero().flatten()
     if fast.numel():
-        scores[fast] = whitened_norms(fast)
+        scores[fast] = whitened_norms(factor[fast], centred[fast])
     slow = (~cholesky).nonzero().flatten()
     scores[slow] = _rx_eigen(centred[slow], covariance[slow])
     return scores
