@@ -31,20 +31,47 @@ def synchronise(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_medians(candidates: dict, rounds: int = 5, warmup: int = 1, device="cpu") -> dict:
+SETTLE_SECONDS = 0.2
+WAKE_CALL_BELOW_SECONDS = 0.5
+
+
+def _settle(seconds: float) -> None:
+    """Busy-wait (a sleep lets the VM park the cores: the next call then pays a wake-up of ~10 ms)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def interleaved_medians(candidates: dict, rounds: int = 5, warmup: int = 1, device="cpu",
+                        settle: float = SETTLE_SECONDS) -> dict:
     """Run each callable of ``candidates`` (name → fn) once per round, in turn, after ``warmup``
-    untimed rounds; returns name → {"median": s, "min": s, "times": [...]}."""
+    untimed rounds; returns name → {"median": s, "min": s, "times": [...]} of steady-state calls.
+
+    Each timed call starts ``settle`` seconds after the previous candidate ended, because NumPy's
+    OpenBLAS workers keep spinning for about 0.1 s after a call and a torch call started inside that
+    window shares the cores with them (measured: RX 2× slower right after the NumPy reference).
+    A candidate faster than ``WAKE_CALL_BELOW_SECONDS`` is called once untimed just before, so the
+    first-call cost of idle worker threads (up to 10× a 1 ms call here) does not count.
+    """
+    durations = {name: 0.0 for name in candidates}
     for _ in range(warmup):
-        for fn in candidates.values():
+        for name, fn in candidates.items():
+            start = time.perf_counter()
             fn()
+            synchronise(device)
+            durations[name] = time.perf_counter() - start
     times = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, fn in candidates.items():
+            _settle(settle)
+            if durations[name] < WAKE_CALL_BELOW_SECONDS:
+                fn()
             synchronise(device)
             start = time.perf_counter()
             fn()
             synchronise(device)
-            times[name].append(time.perf_counter() - start)
+            durations[name] = time.perf_counter() - start
+            times[name].append(durations[name])
     return {name: {"median": statistics.median(t), "min": min(t), "times": t} for name, t in times.items()}
 
 
