@@ -52,7 +52,8 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        out.add_(identity)  # in place (BatchNorm's backward does not need its output); a method call, so torch.fx keeps it in place
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -75,7 +76,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out.add_(identity)
+        return self.relu(out)
 
 
 def make_layer(block, inplanes: int, planes: int, blocks: int, stride: int = 1, base_width: int = 64):

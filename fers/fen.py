@@ -25,7 +25,12 @@ def projection_width(channels: int) -> int:
 
 class ConvH(nn.Module):
     """Trainable 1×1 spectral input layer (C→64, no bias) that replaces the ResNet stem,
-    after reflect padding by 4 pixels so layer1's 3×3 convolutions see no zero border."""
+    after reflect padding by 4 pixels so layer1's 3×3 convolutions see no zero border.
+
+    ``pad_after`` (inference): pad the 64 output channels instead of the C input bands; a 1×1
+    convolution acts on each pixel alone, so it commutes with any re-indexing of the pixels."""
+
+    pad_after = False
 
     def __init__(self, channels: int, pad: int = PAD):
         super().__init__()
@@ -33,7 +38,16 @@ class ConvH(nn.Module):
         self.convh = nn.Conv2d(channels, 64, 1, bias=False)
 
     def forward(self, x):
+        if self.pad_after:
+            return F.pad(self.convh(x), [self.pad] * 4, mode="reflect")
         return self.convh(F.pad(x, [self.pad] * 4, mode="reflect"))
+
+
+def receptive_radius(stage: nn.Sequential) -> int:
+    """Pixels on each side that one output pixel of a stride-1 ResNet stage depends on: the sum of
+    the radii of the convolutions on each block's main path (the shortcut is 1×1)."""
+    return sum(conv.dilation[0] * (conv.kernel_size[0] // 2) for block in stage
+               for conv in block.children() if isinstance(conv, nn.Conv2d))
 
 
 class Layer1Encoder(nn.Module):
@@ -60,7 +74,7 @@ class PixelClassifier(nn.Module):
 
     def project(self, features):
         """Spectral features ``(N, C, H, W)`` from backbone features ``(N, in, H, W)``."""
-        return F.relu(self.conv2(F.relu(self.conv1(features))))
+        return F.relu(self.conv2(F.relu(self.conv1(features), inplace=True)), inplace=True)
 
     def forward(self, features):
         """Per-pixel logits ``(N, 1, H, W)``."""
@@ -77,6 +91,13 @@ class FEN(nn.Module):
         self.convh = ConvH(channels)
         self.encoder = Layer1Encoder(backbone)
         self.classifier = PixelClassifier(layer_channels(backbone)[0], channels)
+
+    def prepare_inference(self):
+        """Exact shortcuts for inference: pad after ConvH, and pad only as far as layer1 can see
+        (its receptive radius: 3 pixels for Wide-ResNet-101-2, whose 3 blocks have one 3×3
+        convolution each), since the crop removes the padding again; the features inside are the same."""
+        self.convh.pad_after = True
+        self.convh.pad = min(self.convh.pad, receptive_radius(self.encoder.layer1))
 
     def backbone_features(self, x):
         """layer1 features cropped back to the input size ``(N, 256, H, W)``."""

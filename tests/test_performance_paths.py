@@ -83,6 +83,35 @@ def test_batched_rx_equals_per_scene_with_mixed_paths():
         torch.testing.assert_close(batch[index:index + 1], single, rtol=1e-9, atol=0)
 
 
+@pytest.mark.parametrize("channels", [detectors.GRAM_BLOCKED_MIN_CHANNELS - 1, 131])  # plain; blocked, odd halves
+def test_gram_equals_the_plain_product(channels):
+    rows = torch.randn(2, channels, 300, dtype=torch.float64).mT.contiguous().mT  # pixel-major, as in RX
+    expected = np.einsum("ncp,ndp->ncd", rows.numpy(), rows.numpy())
+    gram = detectors._gram(rows).numpy()
+    np.testing.assert_allclose(gram, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+    np.testing.assert_array_equal(gram, gram.transpose(0, 2, 1))
+
+
+def test_rx_scores_do_not_depend_on_the_memory_layout():
+    # 140 bands: the blocked covariance; channels-last (the networks' output), contiguous and sliced inputs
+    cubes = torch.from_numpy(mixture_cubes(2, 140, 16, 17, seed=10))
+    layouts = {"contiguous": cubes, "channels_last": cubes.contiguous(memory_format=torch.channels_last),
+               "sliced": cubes[:, :, 1:, ::2]}
+    for name, layout in layouts.items():
+        scores = detectors.rx_scores(layout, "float64").numpy()
+        for index in range(len(cubes)):
+            expected = numpy_pinv_rx(layout[index].numpy())
+            np.testing.assert_allclose(scores[index], expected, rtol=1e-6, atol=1e-6 * expected.max(), err_msg=name)
+
+
+def test_rx_scores_leave_the_input_untouched():
+    cubes = torch.from_numpy(mixture_cubes(1, 20, 8, 8, seed=11))
+    for layout in (cubes, cubes.double().contiguous(memory_format=torch.channels_last)):
+        before = layout.clone()
+        detectors.rx_scores(layout, "float64")  # the solve runs in place, on RX's own copy
+        torch.testing.assert_close(layout, before, rtol=0, atol=0)
+
+
 def test_rx_of_a_constant_cube_is_zero_not_nan():
     scores = detectors.rx_scores(torch.ones(1, 4, 3, 3, dtype=torch.float64), "float64")
     torch.testing.assert_close(scores, torch.zeros(1, 3, 3, dtype=torch.float64))
@@ -106,6 +135,8 @@ def test_flop_counter_matches_a_hand_count():
 def test_rx_flop_formula():
     parts = rx_flops(100, 10, "cholesky")
     assert parts["covariance"] == 2 * 100 * 100 + 2 * 100 * 10
+    # blocked covariance from 128 bands on: blocks 65², 66² and 66×65 of the 131² product
+    assert rx_flops(100, 131)["covariance"] == 2 * 100 * (65 * 65 + 66 * 66 + 66 * 65) + 2 * 100 * 131
     assert parts["total"] == pytest.approx(2 * 100 * 100 + 2000 + 1000 / 3 + 100 * 100 + 2000)
     with pytest.raises(ValueError):
         rx_flops(10, 2, "svd")
@@ -147,7 +178,7 @@ def test_inference_copy_folds_batchnorm_and_keeps_outputs():
 
 def test_fast_detector_equals_plain_and_batched_equals_one_at_a_time():
     detector = tiny_detector()
-    detector.network_chunk = {"cpu": 2}
+    detector.network_chunk = {"fen": {"cpu": 2}, "spatial": {"cpu": 3}}
     cubes = torch.from_numpy(mixture_cubes(5, 12, 10, 10, seed=8)).float() * 0.1
     fast = detector.score(cubes)
     one_at_a_time = torch.cat([detector.score(cubes[i:i + 1]) for i in range(len(cubes))])
@@ -186,3 +217,43 @@ def test_fast_detector_on_the_reference_networks_matches_plain():
     plain_features = detector.features(cubes)
     for fast, plain in zip(fast_features, plain_features):
         torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_factored_pyramid_pooling_equals_the_concatenated_formulation():
+    from fers.spatial_branch import LightSPP
+
+    torch.manual_seed(1)
+    spp = LightSPP(32, 10).eval()
+    features = torch.randn(2, 32, 5, 7)
+    with torch.inference_mode():
+        for size in ((20, 28), (9, 13), (5, 7)):
+            plain = spp(features, size)
+            spp.prepare_inference()
+            factored = spp(features, size)
+            spp.factored = False
+            torch.testing.assert_close(factored, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone, radius", [("wide_resnet101_2", 3), ("resnet18", 4), ("resnet34", 6)])
+def test_fen_inference_padding_gives_the_same_features(backbone, radius):
+    from fers.fen import FEN, PAD, receptive_radius
+
+    torch.manual_seed(2)
+    fen = FEN(20, backbone).eval()
+    assert receptive_radius(fen.encoder.layer1) == radius
+    x = torch.rand(2, 20, 17, 23) * 0.2 - 0.1
+    with torch.inference_mode():
+        plain = fen(x)
+        fen.prepare_inference()
+        assert fen.convh.pad == min(PAD, radius) and fen.convh.pad_after
+        torch.testing.assert_close(fen(x), plain, rtol=1e-5, atol=1e-6)
+
+
+def test_inference_copies_of_the_reference_networks_fold_every_batchnorm():
+    # a network torch.fx cannot trace silently runs unfused (slower): keep both traceable
+    from fers.fen import FEN
+    from fers.spatial_branch import SpatialBranch
+
+    for network in (FEN(50), SpatialBranch(50)):
+        copy = inference_copy(network)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in copy.modules()), type(network).__name__
