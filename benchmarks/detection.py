@@ -9,7 +9,11 @@ scene at a time, autograd left on, per-pixel NumPy RX loop above 50 bands), inte
 
 Also counts the networks' FLOPs per scene (forward hooks, ``fers.flops``) plus RX's, measures
 this process's matrix-multiply throughput (float32 and float64 ``torch.mm``, interleaved with the
-candidates so both see the same load) and reports measured time / FLOP-based limit.
+candidates so both see the same load) and reports measured time / FLOP-based limit. The limit
+(the target) uses the networks' nominal FLOPs, counted on the modules as written; "run" counts
+the inference copies fers executes, whose exact shortcuts skip part of that work (see
+``fers.evaluation.inference_copy``), so time / run limit is the stricter efficiency figure.
+Peak memory is the growth of the process's resident set while one call runs (CUDA: allocator peak).
 """
 
 from __future__ import annotations
@@ -53,7 +57,9 @@ def run_bands(channels: int, args, device) -> list[dict]:
     reference_cubes = cubes[:args.reference_scenes]
 
     one = batch[:1]
-    net_flops = network_flops(fen, one) + network_flops(spatial, one)
+    net_flops = network_flops(fen, one) + network_flops(spatial, one)  # nominal: the modules as written
+    copies = detector._inference_networks()
+    executed_flops = sum(network_flops(copy, one.contiguous(memory_format=torch.channels_last)) for copy in copies)
     precision = detector.rx_precision
     rx = rx_flops(64 * 64, channels, "cholesky" if precision == "float64" else "eigen")["total"]
     rx *= 1 if detector.fusion == "sum" else 2
@@ -75,7 +81,9 @@ def run_bands(channels: int, args, device) -> list[dict]:
     timing = interleaved_medians(candidates, rounds=args.rounds, warmup=1, device=device)
     mm32 = 2 * 2048 ** 3 / timing["mm32"]["median"]
     mm64 = 2 * 1024 ** 3 / timing["mm64"]["median"]
-    limit = net_flops / mm32 + rx / (mm64 if precision == "float64" else mm32)
+    rx_seconds = rx / (mm64 if precision == "float64" else mm32)
+    limit = net_flops / mm32 + rx_seconds
+    executed_limit = executed_flops / mm32 + rx_seconds
     reference_per_scene = timing["reference"]["median"] / len(reference_cubes)
 
     with PeakMemory("cpu") as reference_memory:
@@ -90,9 +98,11 @@ def run_bands(channels: int, args, device) -> list[dict]:
             "fusion": detector.fusion, "ours_s_per_scene": per_scene, "scenes_per_s": 1 / per_scene,
             "peak_mib": memory.peak_mib, "reference_s_per_scene": reference_per_scene,
             "reference_peak_mib": reference_memory.peak_mib, "ratio": reference_per_scene / per_scene,
-            "network_gflop_per_scene": net_flops / 1e9, "rx_gflop_per_scene": rx / 1e9,
-            "mm32_gflops": mm32 / 1e9, "mm64_gflops": mm64 / 1e9, "limit_s_per_scene": limit,
-            "time_over_limit": per_scene / limit, "max_rel_score_diff_vs_reference": difference,
+            "network_gflop_per_scene": net_flops / 1e9, "executed_network_gflop_per_scene": executed_flops / 1e9,
+            "rx_gflop_per_scene": rx / 1e9, "mm32_gflops": mm32 / 1e9, "mm64_gflops": mm64 / 1e9,
+            "limit_s_per_scene": limit, "time_over_limit": per_scene / limit,
+            "executed_limit_s_per_scene": executed_limit, "time_over_executed_limit": per_scene / executed_limit,
+            "max_rel_score_diff_vs_reference": difference,
             "ours_times": timing[f"ours_batch{size}"]["times"], "reference_times": timing["reference"]["times"],
         })
         print(f"  {rows[-1]['case']}: ours {per_scene * 1000:.1f} ms/scene, reference {reference_per_scene * 1000:.1f} "
@@ -123,7 +133,9 @@ def main(argv=None):
                        ("scenes_per_s", "scenes/s", ".1f"), ("peak_mib", "peak MiB", ".0f"),
                        ("reference_s_per_scene", "reference s/scene", ".4f"), ("ratio", "ratio", ".2f"),
                        ("network_gflop_per_scene", "net GFLOP", ".2f"), ("limit_s_per_scene", "limit s", ".4f"),
-                       ("time_over_limit", "time/limit", ".2f")])
+                       ("time_over_limit", "time/limit", ".2f"),
+                       ("executed_network_gflop_per_scene", "run GFLOP", ".2f"),
+                       ("time_over_executed_limit", "time/run limit", ".2f")])
     targets = [r for r in rows if r["bands"] == 200]
     summary = {}
     if targets and device.type == "cpu":
