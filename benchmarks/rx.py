@@ -5,8 +5,9 @@ per-pixel Python loop over ``zᵀ Σ⁺ z``), interleaved in one run, on synthet
 
     python benchmarks/rx.py [--batch 100] [--rounds 5] [--output benchmarks/results/rx.json]
 
-Prints seconds per case (medians; single scenes get 4× the rounds), the ratio reference/ours and the largest relative score
-difference; writes the same as JSON (ratios included, compared with the previous file).
+Prints seconds per case (medians; single scenes get 4× the rounds), the ratio reference/ours and
+the largest relative score difference; writes the same as JSON (ratios included, compared with
+the previous file).
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        out.add_(identity)  # in place (BatchNorm's backward does not need its output); a method call, so torch.fx keeps it in place
+        # in place: BatchNorm's backward does not need its output; a method call, so torch.fx keeps it
+        out.add_(identity)
         return self.relu(out)
 
 

@@ -60,9 +60,10 @@ def rx_flops(pixels: int, channels: int, solver: str = "cholesky") -> dict:
     """FLOPs of global RX on one scene of ``pixels`` pixels and ``channels`` bands.
 
     Covariance ``ZᵀZ``: ``2PC²``, or ``≈ 1.5PC²`` from ``GRAM_BLOCKED_MIN_CHANNELS`` bands on (the
-    products fers runs: two diagonal blocks and one off-diagonal block); factorisation: Cholesky ``C³/3`` or symmetric eigendecomposition
-    ``≈ 9C³`` (tridiagonalisation plus eigenvectors, Golub & Van Loan); scores: the triangular solve
-    ``PC²`` plus the squared norms ``2PC`` (Cholesky) or the projection ``2PC²`` plus ``3PC`` (eigen).
+    products fers runs: two diagonal blocks and one off-diagonal block); factorisation: Cholesky
+    ``C³/3`` or symmetric eigendecomposition ``≈ 9C³`` (tridiagonalisation plus eigenvectors, Golub &
+    Van Loan); scores: the triangular solve ``PC²`` plus the squared norms ``2PC`` (Cholesky) or the
+    projection ``2PC²`` plus ``3PC`` (eigen).
     """
     p, c = pixels, channels
     half = c // 2
