@@ -13,6 +13,18 @@ min-max scaled to [0, 1] and one threshold τ per unique score,
 - ``auc_odp`` = AUC(D, τ) + 1 − AUC(F, τ)  (overall detection probability);
 - ``auc_od``  = AUC(D, F) + AUC(D, τ) − AUC(F, τ)  (overall detection);
 - ``snpr_db`` = 10 · log10(AUC(D, τ) / AUC(F, τ))  (signal-to-noise probability ratio).
+
+Sensitivity. Every measure is exact for the scores it is given, but "one threshold per unique
+score" makes the τ-areas jump when scores that are equal in exact arithmetic (identical pixels give
+identical RX scores) come out of a solver a few ulps apart, or the other way round: whether a group
+of k tied pixels is one threshold or k changes the trapezoid above it by up to
+``k_class / n_class · gap / 2`` (gap = distance to the next higher score, in [0, 1] units). The
+rounding of the solver therefore moves AUC(D, τ) and AUC(F, τ) on scenes with many identical pixels
+(ABU urban-4: 975 tied scores, AUC(D, τ) by ~1e-5) far more than it moves the scores (1e-13), and
+SNPR in dB amplifies that by ``10 / ln 10 / AUC(F, τ)`` (~380× at AUC(F, τ) ≈ 0.011).
+:func:`tie_sensitivity` bounds that movement per measure for a given map: compare results from
+different machines or codes within it (plus the rounding of published values), not within one
+uniform tolerance.
 """
 
 from __future__ import annotations
@@ -140,3 +152,55 @@ def detection_metrics(scores, mask, adaptive: bool = False) -> dict:
     if adaptive:
         row.update({f"adaptive_{name}": value for name, value in roc3d_metrics(scores, mask, adaptive=True).items()})
     return row
+
+
+def _tied_groups(scaled: np.ndarray, mask: np.ndarray, rtol: float):
+    """Groups of scores (sorted ascending) whose consecutive gaps are at most ``rtol``: per group
+    the anomaly and background counts and the gap to the next higher group."""
+    order = np.argsort(scaled, kind="mergesort")
+    values, labels = scaled[order], mask[order]
+    starts = np.r_[0, np.nonzero(np.diff(values) > rtol)[0] + 1]
+    ends = np.r_[starts[1:], values.size]
+    anomalies = np.add.reduceat(labels.astype(np.int64), starts)
+    sizes = ends - starts
+    gaps_above = np.r_[values[starts[1:]] - values[ends[:-1] - 1], 0.0]
+    return anomalies, sizes - anomalies, gaps_above
+
+
+def tie_sensitivity(scores, mask, rtol: float = 1e-9) -> dict:
+    """How far each measure of :func:`detection_metrics` (``auc`` and the 3D-ROC measures) can move
+    when scores equal to within ``rtol`` of their range are tied or untied in any way: a bound on
+    the metric's own noise for one map, the tolerance to use when comparing two implementations
+    (or CPUs) whose scores agree to rounding.
+
+    Per group of near-tied scores with ``a`` anomaly and ``b`` background pixels and the gap ``g``
+    to the next higher score (scores min-max scaled to [0, 1]): AUC(D, F) moves by at most
+    ``a·b / (n_D·n_F)``, AUC(D, τ) by ``a·g / (2 n_D)``, AUC(F, τ) by ``b·g / (2 n_F)``; the sums
+    and differences add their parts' bounds, and ``snpr_db`` takes the worst corner of the two
+    τ-areas. All zeros when no two scores are near-tied.
+    """
+    scores, mask = _split(scores, mask)
+    n_d, n_f = int(mask.sum()), int((~mask).sum())
+    names = ("auc",) + METRIC_NAMES
+    if n_d == 0 or n_f == 0:
+        return {name: math.nan for name in names}
+    span = scores.max() - scores.min()
+    scaled = (scores - scores.min()) / span if span > 0 else np.zeros_like(scores)
+    anomalies, background, gaps = _tied_groups(scaled, mask, rtol)
+    tied = anomalies + background > 1
+    anomalies, background, gaps = anomalies[tied], background[tied], gaps[tied]
+    df = float((anomalies * background).sum() / (n_d * n_f))
+    dtau = float((anomalies * gaps).sum() / (2 * n_d))
+    ftau = float((background * gaps).sum() / (2 * n_f))
+    metrics = roc3d_metrics(scores, mask)
+    d, f = metrics["auc_dtau"], metrics["auc_ftau"]
+    if dtau == 0 and ftau == 0:
+        snpr = 0.0
+    elif f - ftau > 0 and d - dtau > 0:
+        snpr = max(abs(10 * math.log10((d + sd * dtau) / (f + sf * ftau)) - metrics["snpr_db"])
+                   for sd in (-1, 1) for sf in (-1, 1))
+    else:
+        snpr = math.inf
+    return {"auc": df, "auc_df": df, "auc_dtau": dtau, "auc_ftau": ftau, "auc_td": df + dtau,
+            "auc_bs": df + ftau, "auc_tdbs": dtau + ftau, "auc_odp": dtau + ftau, "auc_od": df + dtau + ftau,
+            "snpr_db": snpr}

@@ -26,6 +26,22 @@ needs_reference = pytest.mark.skipif(not REFERENCE_DIR.is_dir(),
                                      reason=f"reference facts not found at {REFERENCE_DIR}")
 
 
+# The ABU reference values are published with 6 decimals; scores that agree with the independent
+# float64 RX to rounding can differ beyond that only in how (near-)tied scores fall, which
+# fers.metrics.tie_sensitivity bounds per measure. Tolerance = published rounding + that bound.
+PUBLISHED_ROUNDING = 5e-7
+
+
+def assert_matches_published(actual: float, expected: float, scores, mask, measure: str = "auc", what: str = ""):
+    """``actual`` (a measure of ``scores`` against ``mask``) equals the published ``expected`` to the
+    published digits plus the measure's own tie noise on this map."""
+    from fers.metrics import tie_sensitivity
+
+    bound = tie_sensitivity(scores, mask)[measure]
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=PUBLISHED_ROUNDING + bound + 1e-9,
+                               err_msg=what or measure)
+
+
 def run_script(script, *args, cwd=None, timeout=600):
     """Run a repository script with this interpreter; returns the CompletedProcess."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
