@@ -562,6 +562,7 @@ def run_config(stage, args: dict, data: TrainingData, options: TrainingOptions, 
         "network": stage.describe(),
         "world_size": dist.world_size,
         "device": str(dist.device),
+        "cwd": os.getcwd(),  # relative paths of older runs were relative to it (paths are absolute now)
         "data": {"source": data.source, "crops": len(data), "crop_shape": list(data.crops.shape[1:]),
                  "constant_crops_skipped": data.skipped_constant, "manifest": data.manifest},
         "versions": versions(),
