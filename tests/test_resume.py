@@ -11,11 +11,15 @@ import json
 import shutil
 
 import numpy as np
+import pytest
+import torch
 
 from conftest import needs_background
-from fers.checkpoints import band_folder, read_checkpoint
-from fers.cli.train import main, stage1_main
-from test_training import SMALL, _expect_error, small_scene_folder  # noqa: F401
+from fers.checkpoints import band_folder, read_checkpoint, save_fen
+from fers.cli.train import main, stage1_main, stage2_main
+from fers.fen import FEN
+from fers.training import FROZEN_FILE, Stage1, Stage2
+from test_training import SMALL, _assert_identical, _expect_error, _losses_over_steps, small_scene_folder  # noqa: F401
 
 # 3 random crops of one real scene, 2 trained on per epoch (one step) when 1 is held out
 COMMON = ["--input_channel", 50, "--crop", "random", "--crops_per_scene", 3, "--batch_size", 2, *SMALL]
@@ -105,3 +109,69 @@ def test_flags_given_with_resume_are_honoured_or_refused_never_ignored(tmp_path,
     assert set(config["resumes"][-1]["changed"]) == {"data_path", "epochs"}
     assert [r["epoch"] for r in _log(run)] == [1, 2, 3]
     _train(main, ["--resume", run, "--no_progress"])  # the recorded (moved) folder is used from now on
+
+
+# --------------------------------------------------------------------------- frozen weights
+
+
+def _frozen_entries(stage):
+    keys = stage.frozen_keys()
+    return {name: {k: v.clone() for k, v in module.state_dict().items() if k in keys[name]}
+            for name, module in stage.modules().items()}
+
+
+@pytest.mark.parametrize("kind", ["stage1", "stage2_eval", "stage2_train"])
+def test_entries_declared_frozen_never_change_in_training(kind):
+    torch.manual_seed(0)
+    stage = (Stage1(8, "resnet18", "cpu", pretrained=False) if kind == "stage1" else
+             Stage2(8, FEN(8, "resnet18"), "cpu", spatial_bn=kind.split("_")[1], pretrained=False))
+    before = _frozen_entries(stage)
+    _losses_over_steps(stage, torch.randn(2, 8, 16, 16), steps=2)
+    after = _frozen_entries(stage)
+    for name in before:
+        _assert_identical([before[name]], [after[name]])
+    if kind == "stage1":
+        assert any(k.startswith("layer3.") for k in before["net"]) and "bottleneck.bn1.running_mean" not in before["net"]
+    else:
+        student = before["student"]
+        assert "spatial.get_features.0.weight" in student  # the frozen ResNet-34 conv
+        assert ("spatial.get_features.1.running_mean" in student) == (kind == "stage2_eval")  # drifts in train mode
+
+
+@needs_background
+def test_stage2_state_holds_only_what_changes_and_resumes_bitwise_with_drifting_bn(tmp_path, small_scene_folder):
+    checkpoints = {name: tmp_path / f"ck_{name}" for name in ("full", "split")}
+    for folder in checkpoints.values():
+        torch.manual_seed(7)
+        save_fen(band_folder(folder, 50), FEN(50, "resnet18"))
+    common = ["--data_path", small_scene_folder, "--spatial_bn", "train", "--selection", "val_loss",
+              "--val_fraction", 0.34, *COMMON]
+    runs = {name: tmp_path / f"run_{name}" for name in checkpoints}
+    _train(stage2_main, [*common, "--epochs", 2, "--run_dir", runs["full"], "--checkpoint_dir", checkpoints["full"]])
+    _train(stage2_main, [*common, "--epochs", 1, "--run_dir", runs["split"], "--checkpoint_dir", checkpoints["split"]])
+    _train(main, ["--resume", runs["split"], "--epochs", 2, "--no_progress"])
+
+    states = {name: torch.load(run / "state.pt", weights_only=True) for name, run in runs.items()}
+    frozen = {name: torch.load(run / FROZEN_FILE, weights_only=True) for name, run in runs.items()}
+    student = states["full"]["modules"]["student"]
+    assert states["full"]["modules"]["fen"] == {} and "spatial.get_features.0.weight" not in student
+    assert "spatial.get_features.1.running_mean" in student  # drifts with --spatial_bn train: saved every epoch
+    assert "spatial.get_features.0.weight" in frozen["full"]["student"] and frozen["full"]["fen"]
+    assert (runs["full"] / "state.pt").stat().st_size < (runs["full"] / FROZEN_FILE).stat().st_size / 4
+    for name in ("fen", "student"):
+        _assert_identical([states["full"]["modules"][name]], [states["split"]["modules"][name]])
+        _assert_identical([frozen["full"][name]], [frozen["split"][name]])
+    for file in ("spa_fen.pt", "restoration.pt"):
+        _assert_identical([read_checkpoint(band_folder(checkpoints["full"], 50) / file)["state_dict"]],
+                          [read_checkpoint(band_folder(checkpoints["split"], 50) / file)["state_dict"]])
+
+
+def test_resume_refuses_a_frozen_file_of_another_run(tmp_path, capsys):
+    from fers.errors import FersError
+    from fers.training import load_frozen
+
+    (tmp_path / FROZEN_FILE).write_bytes(b"not the run's file")
+    with pytest.raises(FersError, match="frozen.pt: does not belong to this run's state.pt"):
+        load_frozen(tmp_path, "0" * 64)
+    with pytest.raises(FersError, match="frozen.pt: missing"):
+        load_frozen(tmp_path / "absent", "0" * 64)
