@@ -22,9 +22,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 import random
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -55,6 +57,9 @@ STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
 FROZEN_FILE = "frozen.pt"
+# An epoch whose training or held-out loss is not finite, or more than this factor above the lowest
+# (positive) value of the earlier epochs, is flagged as diverging (log.jsonl and a console warning).
+DIVERGENCE_FACTOR = 10.0
 
 
 class TrainingInterrupted(Exception):
@@ -427,6 +432,30 @@ def load_frozen(run_dir, sha256: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def divergence(record: dict, history: list, factor: float = DIVERGENCE_FACTOR) -> str | None:
+    """Why the epoch of ``record`` looks like a diverging run, or None.
+
+    Checked for the training loss (``loss``) and the held-out loss (``val_loss``, when computed): the
+    value is not finite, or it is more than ``factor`` × the lowest positive value of the earlier
+    epochs in ``history``."""
+    reasons = []
+    for key in ("loss", "val_loss"):
+        if key not in record:
+            continue
+        value = record[key]
+        if not math.isfinite(value):
+            reasons.append(f"{key} is {value}")
+            continue
+        earlier = [(r[key], r["epoch"]) for r in history if key in r and math.isfinite(r[key])]
+        if earlier:
+            best, epoch = min(earlier)
+            if best > 0 and value > factor * best:
+                ratio = value / best
+                shown = f"{ratio:.0f}" if ratio < 1e6 else f"{ratio:.2g}"
+                reasons.append(f"{key} {value:.4g} is {shown}× its lowest so far ({best:.4g}, epoch {epoch})")
+    return "; ".join(reasons) or None
+
+
 class SignalStopper:
     """Turns SIGINT/SIGTERM into a flag checked between steps, so the state on disk is always that
     of a completed epoch and no write is cut in half."""
@@ -572,10 +601,15 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
                     record["test_auc"] = _test_auc(stage, test_scenes, stage.channels, device)
                     if options.selection == "test_auc":
                         metric = -record["test_auc"]
-                if metric is not None and (best is None or metric < best["metric"]):
+                # a non-finite metric (a diverged epoch) is never selected
+                if metric is not None and math.isfinite(metric) and (best is None or metric < best["metric"]):
                     best = {"epoch": epoch + 1, "metric": metric, "state": stage.selected_state()}
                 record["selected"] = best["epoch"] if best is not None else epoch + 1
                 record["selection"] = options.selection  # "test_auc" = chosen on test labels (reference)
+                reason = divergence(record, history)
+                record["diverging"] = reason is not None
+                if reason:
+                    record["divergence"] = reason
                 history.append(record)
                 payload = {"epoch": epoch + 1, "history": history, "best": best,
                            "modules": {name: _cpu_state(m, frozen_keys.get(name, ()))
@@ -586,6 +620,10 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
                     atomic_torch_save(run_dir / STATE_FILE, payload)
                     write_text(run_dir / LOG_FILE, "".join(json.dumps(r) + "\n" for r in history))
                 bar.write(_epoch_line(record, options.epochs))
+                if reason:
+                    bar.write(f"warning: {stage.name} epoch {epoch + 1}: {reason}: the run is diverging "
+                              f"(rule: not finite or over {DIVERGENCE_FACTOR:g}× the lowest so far); "
+                              "try a smaller --lr", file=sys.stderr)
             dist.barrier()
         if stopper.signum is not None:
             raise TrainingInterrupted(stopper.signum, run_dir, options.epochs)

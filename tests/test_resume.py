@@ -8,6 +8,7 @@ Small configurations only (ResNet-18 teacher, 32×32 crops, random init, 1-3 epo
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -18,7 +19,7 @@ from conftest import needs_background
 from fers.checkpoints import band_folder, read_checkpoint, save_fen
 from fers.cli.train import main, stage1_main, stage2_main
 from fers.fen import FEN
-from fers.training import FROZEN_FILE, Stage1, Stage2
+from fers.training import FROZEN_FILE, Stage1, Stage2, divergence
 from test_training import SMALL, _assert_identical, _expect_error, _losses_over_steps, small_scene_folder  # noqa: F401
 
 # 3 random crops of one real scene, 2 trained on per epoch (one step) when 1 is held out
@@ -109,6 +110,41 @@ def test_flags_given_with_resume_are_honoured_or_refused_never_ignored(tmp_path,
     assert set(config["resumes"][-1]["changed"]) == {"data_path", "epochs"}
     assert [r["epoch"] for r in _log(run)] == [1, 2, 3]
     _train(main, ["--resume", run, "--no_progress"])  # the recorded (moved) folder is used from now on
+
+
+# --------------------------------------------------------------------------- divergence
+
+
+def test_divergence_rule_on_loss_sequences():
+    history = []
+    flags = []
+    for epoch, val_loss in enumerate([1.75, 72594.0, 999.0, 15.0, 17.4], start=1):
+        record = {"epoch": epoch, "loss": 1.0, "val_loss": val_loss}
+        flags.append(divergence(record, history))
+        history.append(record)
+    assert flags[0] is None and flags[3] is None and flags[4] is None  # 15 and 17.4 < 10 × 1.75
+    assert "val_loss 7.259e+04 is 41482× its lowest so far (1.75, epoch 1)" == flags[1]
+    assert flags[2].startswith("val_loss 999 is 571×")
+    assert divergence({"epoch": 2, "loss": math.nan}, [{"epoch": 1, "loss": 1.0}]) == "loss is nan"
+    assert divergence({"epoch": 1, "loss": math.inf}, []) == "loss is inf"
+    assert divergence({"epoch": 2, "loss": 9.9}, [{"epoch": 1, "loss": 1.0}]) is None
+    assert divergence({"epoch": 2, "loss": 5.0}, [{"epoch": 1, "loss": 0.0}]) is None  # no positive lowest
+
+
+@needs_background
+def test_a_diverging_run_is_flagged_in_the_log_and_on_the_console(tmp_path, small_scene_folder, capsys):
+    run = tmp_path / "run"
+    _train(stage1_main, ["--data_path", small_scene_folder, "--run_dir", run, "--checkpoint_dir", tmp_path / "ck",
+                         "--epochs", 3, "--lr", 1000, "--selection", "val_loss", "--val_fraction", 0.34, *COMMON])
+    err = capsys.readouterr().err
+    log = _log(run)
+    flagged = [r for r in log if r["diverging"]]
+    assert flagged and all(r["divergence"] for r in flagged)
+    assert all(("divergence" in r) == r["diverging"] for r in log)
+    warnings = [line for line in err.splitlines() if line.startswith("warning: stage1 epoch")]
+    assert len(warnings) == len(flagged) and "the run is diverging" in warnings[0] and "--lr" in warnings[0]
+    selected = log[-1]["selected"]  # a non-finite held-out loss is never selected
+    assert math.isfinite(log[selected - 1]["val_loss"])
 
 
 # --------------------------------------------------------------------------- frozen weights
