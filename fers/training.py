@@ -5,7 +5,8 @@ owns a folder::
 
     runs/<stage>_<C>bands_<time>/
         config.json   all arguments, seed, versions, data manifest, selection rule
-        log.jsonl     one line per completed epoch: loss terms, seconds, held-out loss, test AUC
+        log.jsonl     one line per completed epoch: loss terms, seconds, held-out loss, test AUC, and
+                      whether the epoch looks diverging (:func:`divergence`)
         state.pt      the weights that training changes, optimiser, epoch, RNG states, data order and
                       the selected weights, written atomically after every epoch (``--resume <run_dir>``
                       continues from it)
