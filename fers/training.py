@@ -5,9 +5,13 @@ owns a folder::
 
     runs/<stage>_<C>bands_<time>/
         config.json   all arguments, seed, versions, data manifest, selection rule
-        log.jsonl     one line per completed epoch: loss terms, seconds, held-out loss, test AUC
-        state.pt      model, optimiser, epoch, RNG states, data order and the selected weights,
-                      written atomically after every epoch (``--resume <run_dir>`` continues from it)
+        log.jsonl     one line per completed epoch: loss terms, seconds, held-out loss, test AUC, and
+                      whether the epoch looks diverging (:func:`divergence`)
+        state.pt      the weights that training changes, optimiser, epoch, RNG states, data order and
+                      the selected weights, written atomically after every epoch (``--resume <run_dir>``
+                      continues from it)
+        frozen.pt     the weights that never change (frozen teacher / FEN / ResNet-34 and their eval-mode
+                      BatchNorm buffers), written once; state.pt records its SHA-256
 
 Model selection: ``last`` (default) exports the final epoch; ``val_loss`` the epoch with the lowest
 loss on held-out training crops; ``test_auc`` (``--select_on_test``) the epoch with the best mean
@@ -19,9 +23,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 import random
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,7 +42,7 @@ from .checkpoints import (RESTORATION_FILE, STAGE1_FILES, atomic_torch_save, ban
                           save_spatial_branch, save_state)
 from .errors import FersError
 from .fen import FEN
-from .io import OutputFolder, ensure_writable_dir, write_json, write_text
+from .io import OutputFolder, ensure_writable_dir, sha256_file, write_json, write_text
 from .losses import BCE_INPUTS, STAGE1_WEIGHTS, STAGE2_WEIGHTS, stage1_loss, stage2_loss
 from .restoration import RestorationNetwork
 from .reverse_distillation import FERDNetwork
@@ -51,6 +57,10 @@ SPATIAL_BN_MODES = ("eval", "train")
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
+FROZEN_FILE = "frozen.pt"
+# An epoch whose training or held-out loss is not finite, or more than this factor above the lowest
+# (positive) value of the earlier epochs, is flagged as diverging (log.jsonl and a console warning).
+DIVERGENCE_FACTOR = 10.0
 
 
 class TrainingInterrupted(Exception):
@@ -80,8 +90,27 @@ def write_errors(folder, flag: str, hint: str = ""):
 # --------------------------------------------------------------------------- stages
 
 
-def _cpu_state(module: nn.Module) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+def _cpu_state(module: nn.Module, skip=()) -> dict:
+    """A CPU copy of ``module``'s state, without the entries named in ``skip``."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if k not in skip}
+
+
+def _load_over(module: nn.Module, state: dict) -> None:
+    """Load ``state`` (possibly without the frozen entries) over ``module``'s current state, strictly:
+    entries missing from ``state`` keep their (frozen, never changing) values."""
+    full = module.state_dict()
+    unknown = set(state) - set(full)
+    if unknown:
+        raise KeyError(f"state entries the network does not have, e.g. {sorted(unknown)[0]}")
+    full.update(state)
+    module.load_state_dict(full)
+
+
+def _keys_under(module: nn.Module, submodules, parameters_only: bool = False) -> set:
+    """State-dict keys of ``module`` that belong to ``submodules`` (only their parameters if asked)."""
+    prefixes = tuple(f"{name}." for name, m in module.named_modules() if any(m is s for s in submodules))
+    parameters = {name for name, _ in module.named_parameters()}
+    return {k for k in module.state_dict() if k.startswith(prefixes) and (not parameters_only or k in parameters)}
 
 
 class Stage1:
@@ -126,11 +155,16 @@ class Stage1:
         outputs = (self.forward_module if training else self.net)(x)
         return stage1_loss(x, outputs, self.bce_input)
 
+    def frozen_keys(self) -> dict:
+        """Per entry of :meth:`modules`, the state keys that training never changes: the teacher's
+        weights and BatchNorm buffers (always in eval mode)."""
+        return {"net": _keys_under(self.net, self.net.frozen_modules())}
+
     def selected_state(self) -> dict:
-        return {"fen": _cpu_state(self.net.fen)}
+        return {"fen": _cpu_state(self.net.fen, _keys_under(self.net.fen, [self.net.fen.encoder]))}
 
     def load_selected(self, state: dict) -> None:
-        self.net.fen.load_state_dict(state["fen"])
+        _load_over(self.net.fen, state["fen"])
 
     def detector_modules(self):
         return {"fen": self.net.fen, "spatial": None}
@@ -216,11 +250,18 @@ class Stage2:
         spatial, restored = (self.forward_module if training else self.student)(x, spectral)
         return stage2_loss(x, restored, spectral, spatial)
 
+    def frozen_keys(self) -> dict:
+        """Per entry of :meth:`modules`, the state keys that training never changes: the whole FEN, the
+        ResNet-34's weights, and its BatchNorm buffers unless ``--spatial_bn train`` lets them drift."""
+        return {"fen": set(self.fen.state_dict()),
+                "student": _keys_under(self.student, [self.spatial.get_features],
+                                       parameters_only=self.spatial_bn == "train")}
+
     def selected_state(self) -> dict:
-        return {"student": _cpu_state(self.student)}
+        return {"student": _cpu_state(self.student, self.frozen_keys()["student"])}
 
     def load_selected(self, state: dict) -> None:
-        self.student.load_state_dict(state["student"])
+        _load_over(self.student, state["student"])
 
     def detector_modules(self):
         return {"fen": self.fen, "spatial": self.spatial}
@@ -369,6 +410,53 @@ def load_run_state(run_dir) -> dict | None:
                         "start a new run") from None
 
 
+def save_frozen(run_dir, stage) -> str:
+    """Write ``frozen.pt`` (the state entries training never changes) once; returns its SHA-256."""
+    path = Path(run_dir) / FROZEN_FILE
+    frozen = stage.frozen_keys()
+    payload = {name: _cpu_state(module, set(module.state_dict()) - frozen.get(name, set()))
+               for name, module in stage.modules().items()}
+    with write_errors(run_dir, "--run_dir"):
+        atomic_torch_save(path, payload)
+    return sha256_file(path)
+
+
+def load_frozen(run_dir, sha256: str) -> dict:
+    """``frozen.pt`` of a run, checked against the SHA-256 recorded in its ``state.pt``."""
+    path = Path(run_dir) / FROZEN_FILE
+    if not path.is_file():
+        raise FersError(f"{path}: missing; it holds the run's frozen weights (written when the run began) "
+                        "and state.pt needs it; restore it or start a new run")
+    if sha256_file(path) != sha256:
+        raise FersError(f"{path}: does not belong to this run's state.pt (SHA-256 differs from the recorded "
+                        "one); restore the run's own frozen.pt or start a new run")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def divergence(record: dict, history: list, factor: float = DIVERGENCE_FACTOR) -> str | None:
+    """Why the epoch of ``record`` looks like a diverging run, or None.
+
+    Checked for the training loss (``loss``) and the held-out loss (``val_loss``, when computed): the
+    value is not finite, or it is more than ``factor`` × the lowest positive value of the earlier
+    epochs in ``history``."""
+    reasons = []
+    for key in ("loss", "val_loss"):
+        if key not in record:
+            continue
+        value = record[key]
+        if not math.isfinite(value):
+            reasons.append(f"{key} is {value}")
+            continue
+        earlier = [(r[key], r["epoch"]) for r in history if key in r and math.isfinite(r[key])]
+        if earlier:
+            best, epoch = min(earlier)
+            if best > 0 and value > factor * best:
+                ratio = value / best
+                shown = f"{ratio:.0f}" if ratio < 1e6 else f"{ratio:.2g}"
+                reasons.append(f"{key} {value:.4g} is {shown}× its lowest so far ({best:.4g}, epoch {epoch})")
+    return "; ".join(reasons) or None
+
+
 class SignalStopper:
     """Turns SIGINT/SIGTERM into a flag checked between steps, so the state on disk is always that
     of a completed epoch and no write is cut in half."""
@@ -460,14 +548,19 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
     optimizer = torch.optim.Adam(stage.trainable_parameters(), lr=options.lr, betas=tuple(options.betas))
     order = torch.Generator().manual_seed(options.seed)
     start_epoch, history, best = 0, [], None
+    frozen_sha256 = state.get("frozen_sha256") if state is not None else None
     if state is not None:
-        for name, module in stage.modules().items():
-            module.load_state_dict(state["modules"][name])
+        frozen = load_frozen(run_dir, frozen_sha256) if frozen_sha256 else {}
+        for name, module in stage.modules().items():  # older state files hold every entry
+            module.load_state_dict({**frozen.get(name, {}), **state["modules"][name]})
         optimizer.load_state_dict(state["optimizer"])
         restore_rng_states(state["rng"], order)
         start_epoch, history, best = state["epoch"], list(state["history"]), state.get("best")
         if dist.is_main:
             log(f"resuming {run_dir} after epoch {start_epoch} of {options.epochs}")
+    frozen_keys = stage.frozen_keys()
+    if frozen_sha256 is None and dist.is_main:
+        frozen_sha256 = save_frozen(run_dir, stage)  # once: these entries never change
     stage.wrap(dist.wrapper())
 
     steps_per_epoch = len(list(_batches(train_indices, options.batch_size, dist.world_size)))
@@ -509,18 +602,29 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
                     record["test_auc"] = _test_auc(stage, test_scenes, stage.channels, device)
                     if options.selection == "test_auc":
                         metric = -record["test_auc"]
-                if metric is not None and (best is None or metric < best["metric"]):
+                # a non-finite metric (a diverged epoch) is never selected
+                if metric is not None and math.isfinite(metric) and (best is None or metric < best["metric"]):
                     best = {"epoch": epoch + 1, "metric": metric, "state": stage.selected_state()}
                 record["selected"] = best["epoch"] if best is not None else epoch + 1
                 record["selection"] = options.selection  # "test_auc" = chosen on test labels (reference)
+                reason = divergence(record, history)
+                record["diverging"] = reason is not None
+                if reason:
+                    record["divergence"] = reason
                 history.append(record)
                 payload = {"epoch": epoch + 1, "history": history, "best": best,
-                           "modules": {name: _cpu_state(m) for name, m in stage.modules().items()},
+                           "modules": {name: _cpu_state(m, frozen_keys.get(name, ()))
+                                       for name, m in stage.modules().items()},
+                           "frozen_sha256": frozen_sha256,
                            "optimizer": optimizer.state_dict(), "rng": rng_states(order)}
                 with write_errors(run_dir, "--run_dir", f" and continue with --resume {run_dir},"):
                     atomic_torch_save(run_dir / STATE_FILE, payload)
                     write_text(run_dir / LOG_FILE, "".join(json.dumps(r) + "\n" for r in history))
                 bar.write(_epoch_line(record, options.epochs))
+                if reason:
+                    bar.write(f"warning: {stage.name} epoch {epoch + 1}: {reason}: the run is diverging "
+                              f"(rule: not finite or over {DIVERGENCE_FACTOR:g}× the lowest so far); "
+                              "try a smaller --lr", file=sys.stderr)
             dist.barrier()
         if stopper.signum is not None:
             raise TrainingInterrupted(stopper.signum, run_dir, options.epochs)
@@ -562,6 +666,7 @@ def run_config(stage, args: dict, data: TrainingData, options: TrainingOptions, 
         "network": stage.describe(),
         "world_size": dist.world_size,
         "device": str(dist.device),
+        "cwd": os.getcwd(),  # relative paths of older runs were relative to it (paths are absolute now)
         "data": {"source": data.source, "crops": len(data), "crop_shape": list(data.crops.shape[1:]),
                  "constant_crops_skipped": data.skipped_constant, "manifest": data.manifest},
         "versions": versions(),

@@ -88,6 +88,11 @@ def test_sigterm_and_sigint_stop_resumably_and_resume_bitwise(tmp_path, scene_fo
         assert state["epoch"] == full_state["epoch"] == EPOCHS
         for module in full_state["modules"]:
             _assert_identical([full_state["modules"][module]], [state["modules"][module]])
+        # the frozen teacher is written once to frozen.pt, not to every state.pt
+        assert not any(k.startswith(("fen.encoder.", "layer2.", "layer3.")) for k in state["modules"]["net"])
+        assert state["frozen_sha256"] == hashlib.sha256((runs[name][0] / "frozen.pt").read_bytes()).hexdigest()
+        _assert_identical([torch.load(runs["full"][0] / "frozen.pt", weights_only=True)["net"]],
+                          [torch.load(runs[name][0] / "frozen.pt", weights_only=True)["net"]])
         for file in ("convh.pt", "enc.pt", "pc.pt"):
             _assert_identical([read_checkpoint(band_folder(runs["full"][1], 50) / file)["state_dict"]],
                               [read_checkpoint(band_folder(runs[name][1], 50) / file)["state_dict"]])

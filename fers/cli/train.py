@@ -4,7 +4,9 @@ the top-level ``train.py --stage 1|2|all``. Flag names follow the reference rele
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from ..backbones import ARCHITECTURES
@@ -23,6 +25,12 @@ from ..utils import DEVICES, REPO_ROOT, default_threads, seed_everything
 from .common import check_positive
 
 STAGES = {"1": "stage1", "2": "stage2"}
+# Paths recorded in config.json; stored absolute so that a run resumes from any folder.
+PATH_FLAGS = ("data_path", "checkpoint_dir", "run_dir", "backbone_weights")
+# With --resume: flags that never change the trained weights (taken from this command line) ...
+RESUME_FREE = ("device", "workers", "no_progress")
+# ... and flags that are checked, then honoured (recorded in config.json under "resumes").
+RESUME_HONOURED = ("data_path", "checkpoint_dir", "epochs")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, stages: tuple) -> None:
@@ -80,8 +88,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, stages: tuple) -> No
         help="log the HAD100 test-set mean AUC every epoch without selecting on it")
     add("--run_dir", default=None, help="run folder (default: runs/<stage>_<C>bands_<time>/)")
     add("--resume", default=None, metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its last completed epoch with its recorded settings "
-             "(only --device, --workers and --no_progress may change)")
+        help="continue the run in RUN_DIR from its last completed epoch with its recorded settings; "
+             "--device, --workers, --no_progress may change, --epochs N continues to N epochs, --data_path "
+             "may name a moved copy of the same files, --checkpoint_dir another export folder; any other "
+             "flag that differs from the recorded value is refused")
     add("--workers", type=int, default=2, help="threads reading the training scenes (default %(default)s)")
     add("--no_progress", action="store_true", help="no progress bar")
 
@@ -115,12 +125,91 @@ def _agreed_run_dir(dist, path) -> Path:
     return Path(path)
 
 
-def train_stage(stage_name: str, args, dist, resume_dir=None, recorded: dict | None = None) -> dict:
-    """Train one stage with parsed ``args`` (fresh, or resuming ``resume_dir`` with ``recorded`` config)."""
+def _absolute(path) -> str | None:
+    return None if path is None else os.path.abspath(os.path.expanduser(str(path)))
+
+
+def given_flags(parser: argparse.ArgumentParser, argv) -> set:
+    """The destinations of the flags typed on the command line (argparse defaults excluded): ``parser``
+    is a fresh parser of the same command, whose defaults are replaced by ``SUPPRESS`` here."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def _recorded_cwd(recorded: dict, run_dir: Path) -> str:
+    """The working folder the run was started from: recorded since config.json has ``cwd``; for older
+    runs, inferred from a relative ``--run_dir`` (``<cwd>/<run_dir>`` is the run folder), else this one."""
+    if recorded.get("cwd"):
+        return recorded["cwd"]
+    old = recorded["args"].get("run_dir")
+    if old and not os.path.isabs(old):
+        parts = Path(os.path.normpath(old)).parts
+        if ".." not in parts and run_dir.parts[-len(parts):] == parts:
+            return str(Path(*run_dir.parts[:-len(parts)]))
+    return os.getcwd()
+
+
+def resume_settings(recorded: dict, args, given: set, run_dir: Path):
+    """The arguments of a resumed run: the recorded ones (relative paths of older runs resolved against
+    the run's working folder) with this command line's :data:`RESUME_FREE` flags, and the checked
+    :data:`RESUME_HONOURED` flags that were given. Returns ``(namespace, {flag: (old, new)})``; any other
+    given flag whose value differs from the recorded one is refused with one line."""
+    resumed = argparse.Namespace(**recorded["args"])
+    cwd = _recorded_cwd(recorded, run_dir)
+    for flag in PATH_FLAGS:
+        value = getattr(resumed, flag, None)
+        if value is not None and not os.path.isabs(os.path.expanduser(value)):
+            setattr(resumed, flag, os.path.normpath(os.path.join(cwd, os.path.expanduser(value))))
+    changes = {}
+    for flag in sorted(given - {"resume", *RESUME_FREE}):
+        new = _absolute(getattr(args, flag)) if flag in PATH_FLAGS else getattr(args, flag)
+        missing = not hasattr(resumed, flag)
+        old = getattr(resumed, flag, None)
+        if flag == "run_dir":
+            if new not in (old, str(run_dir)):
+                raise FersError(f"--run_dir {new}: --resume continues the run in its own folder {run_dir}; "
+                                "drop --run_dir (or drop --resume to start a new run there)")
+        elif flag in RESUME_HONOURED:
+            if new != old:
+                changes[flag] = (old, new)
+                setattr(resumed, flag, new)
+        elif missing or new != old:
+            shown = "not recorded (the run predates the flag)" if missing else f"recorded {old}"
+            raise FersError(f"--{flag} {new}: would change the run in {run_dir} ({shown}); drop --{flag} "
+                            "to continue it, or start a new run with another --run_dir")
+    for flag in RESUME_FREE:
+        setattr(resumed, flag, getattr(args, flag))
+    resumed.resume = str(run_dir)
+    if "data_path" not in changes and not Path(resumed.data_path).is_dir():
+        raise FersError(f"{resumed.data_path}: the training data folder of the run in {run_dir} is not there; "
+                        "pass --data_path with the folder that now holds the same files")
+    return resumed, changes
+
+
+def _manifest_difference(recorded: list, current: list) -> str:
+    old = {m["file"]: m["sha256"] for m in recorded}
+    new = {m["file"]: m["sha256"] for m in current}
+    parts = []
+    for label, names in (("missing", sorted(set(old) - set(new))), ("not in the run", sorted(set(new) - set(old))),
+                         ("content changed", sorted(n for n in set(old) & set(new) if old[n] != new[n]))):
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            parts.append(f"{label}: {shown}")
+    return "; ".join(parts) or "shapes differ"
+
+
+def train_stage(stage_name: str, args, dist, resume_dir=None, recorded: dict | None = None,
+                changes: dict | None = None) -> dict:
+    """Train one stage with parsed ``args`` (fresh, or resuming ``resume_dir`` with ``recorded`` config and
+    the honoured ``changes`` from :func:`resume_settings`)."""
     fresh = resume_dir is None
     channels = args.input_channel
     seed_everything(args.seed)
     state = None if fresh else load_run_state(resume_dir)  # None: killed before its first epoch ended
+    if state is not None and args.epochs < state["epoch"]:
+        raise FersError(f"--epochs {args.epochs}: the run in {resume_dir} has already completed {state['epoch']} "
+                        f"epochs; pass --epochs {state['epoch']} or more, or start a new run")
     restored = state is not None  # the networks come from the state, not from ImageNet/stage-1 files
     fen = None
     if stage_name == "stage2":
@@ -129,8 +218,12 @@ def train_stage(stage_name: str, args, dist, resume_dir=None, recorded: dict | N
     data = load_training_data(args.data_path, channels, args.img_size, args.sensor, args.crop,
                               args.crops_per_scene, args.seed, args.workers)
     if not fresh and data.manifest != recorded["data"]["manifest"]:
+        difference = _manifest_difference(recorded["data"]["manifest"], data.manifest)
+        if "data_path" in (changes or {}):
+            raise FersError(f"{args.data_path}: does not hold the training files of the run in {resume_dir} "
+                            f"({difference}); pass the folder with the recorded files, or start a new run")
         raise FersError(f"{args.data_path}: the training data changed since the run in {resume_dir} began "
-                        "(files or SHA-256 differ from its config.json); restore them or start a new run")
+                        f"(files or SHA-256 differ from its config.json; {difference}); restore them or start a new run")
     options = _options(args)
     test_scenes = (had100_manifest(args.data_path, args.sensor)
                    if options.selection == "test_auc" or options.log_test_auc else None)
@@ -153,6 +246,16 @@ def train_stage(stage_name: str, args, dist, resume_dir=None, recorded: dict | N
     if dist.is_main:
         if fresh:
             write_run_config(run_dir, run_config(stage, vars(args), data, options, dist))
+        else:  # record every resume, and what it changed
+            recorded["args"].update({flag: new for flag, (_, new) in (changes or {}).items()})
+            recorded["data"]["source"] = data.source
+            recorded.setdefault("resumes", []).append(
+                {"time": datetime.now().isoformat(timespec="seconds"), "after_epoch": state["epoch"] if state else 0,
+                 "cwd": os.getcwd(), "device": str(dist.device),
+                 "changed": {flag: {"recorded": old, "now": new} for flag, (old, new) in (changes or {}).items()}})
+            write_run_config(run_dir, recorded)
+            for flag, (old, new) in (changes or {}).items():
+                print(f"resume: --{flag} {new} (recorded: {old})")
         print(f"{stage_name}: {len(data)} crops of {args.img_size}×{args.img_size}×{channels} from "
               f"{data.source}; {options.epochs} epochs, batch {options.batch_size}, device {dist.device}"
               f"{f' × {dist.world_size} processes' if dist.world_size > 1 else ''}; selection "
@@ -173,20 +276,22 @@ def _interrupted(error: TrainingInterrupted) -> int:
     return 128 + error.signum
 
 
-def _run(stages: list[str], args) -> int:
-    """Fresh run of one stage or of stage 1 then stage 2; or resume a recorded run. The process group
-    (under torchrun) is joined once for all stages."""
+def _run(stages: list[str], args, given: set = frozenset()) -> int:
+    """Fresh run of one stage or of stage 1 then stage 2; or resume a recorded run (``given``: the flags
+    typed on the command line, see :func:`given_flags`). The process group (under torchrun) is joined
+    once for all stages."""
     default_threads()
+    for flag in PATH_FLAGS:  # absolute paths: the run (and the printed resume command) work from any folder
+        setattr(args, flag, _absolute(getattr(args, flag, None)))
     dist = setup_distributed(args.device)
     try:
         if args.resume:
-            recorded = read_run_config(args.resume)
-            resumed = argparse.Namespace(**recorded["args"])
-            resumed.device, resumed.workers, resumed.no_progress = args.device, args.workers, args.no_progress
-            resumed.resume = args.resume
-            train_stage(recorded["stage"], resumed, dist, args.resume, recorded)
+            run_dir = Path(_absolute(args.resume))
+            recorded = read_run_config(run_dir)
+            resumed, changes = resume_settings(recorded, args, set(given), run_dir)
+            train_stage(recorded["stage"], resumed, dist, run_dir, recorded, changes)
             if recorded["stage"] == "stage1" and recorded["args"].get("stage") == "all":
-                resumed.run_dir = str(Path(args.resume).parent / "stage2") if resumed.run_dir else None
+                resumed.run_dir = str(run_dir.parent / "stage2") if resumed.run_dir else None
                 train_stage("stage2", resumed, dist)
             return 0
         base = args.run_dir
@@ -217,7 +322,7 @@ def _stage_main(stage: str, prog: str, argv):
     args = parser.parse_args(argv)
     _check(parser, args)
     args.stage = stage
-    return _run([STAGES[stage]], args)
+    return _run([STAGES[stage]], args, given_flags(stage_parser(STAGES[stage], prog), argv))
 
 
 @cli_entry
@@ -246,4 +351,4 @@ def main(argv=None):
     args = parser.parse_args(argv)
     _check(parser, args)
     stages = ["stage1", "stage2"] if args.stage == "all" else [STAGES[args.stage]]
-    return _run(stages, args)
+    return _run(stages, args, given_flags(main_parser(), argv))
