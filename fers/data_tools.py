@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FersError
-from .io import load_cube, load_mask, save_mask_png
+from .io import EMBEDDED, LAYOUT_CHECK, load_cube, load_mask, read_scene, save_mask_png
 from .preprocessing import NODATA_VALUES
 
 LAYOUTS = ("auto", "had100", "abu")
@@ -118,6 +118,7 @@ class SceneCheck:
     inf_values: int = 0
     nodata_pixels: int = 0
     anomaly_pixels: int | None = None
+    unlabelled: bool = False  # a scene file without a ground truth of its size: detection only
     problems: list = field(default_factory=list)
 
     @property
@@ -126,7 +127,9 @@ class SceneCheck:
 
     @property
     def status(self) -> str:
-        return "OK" if self.ok else "; ".join(self.problems)
+        if self.ok:
+            return "OK (no ground truth: detection only)" if self.unlabelled else "OK"
+        return "; ".join(self.problems)
 
 
 @dataclass
@@ -195,35 +198,50 @@ def inspect_cube(cube: np.ndarray) -> tuple[dict, list]:
 
 
 def check_scene(group: str, name: str, cube_path: Path, gt_path: Path | None, mask_in_cube: bool = False,
-                needs_mask: bool = True) -> SceneCheck:
-    """Read one cube (and its ground truth) and record everything wrong with it; never raises."""
+                needs_mask: bool = True, layout: str = LAYOUT_CHECK) -> SceneCheck:
+    """Read one cube (and its ground truth) and record everything wrong with it; never raises.
+
+    ``mask_in_cube``: the ground truth is the 2-D array of the scene's size inside the cube file;
+    a file without one is unlabelled (fine for detection: no metrics), not a problem. A PNG of the
+    paired layouts is read with the HAD100 rule (channel 1 >= 128)."""
     result = SceneCheck(group, name, str(cube_path), str(gt_path) if gt_path else None)
+    cube = None
     try:
-        cube = load_cube(cube_path)
+        scene = read_scene(cube_path, EMBEDDED if mask_in_cube else None, layout=layout)
+        cube = scene.cube
         stats, problems = inspect_cube(cube)
         for key, value in stats.items():
             setattr(result, key, value)
         result.problems += problems
     except FersError as error:
-        result.problems.append(f"unreadable cube: {_strip_path(str(error), cube_path)}")
-        cube = None
+        message = _strip_path(str(error), cube_path)
+        if mask_in_cube and message.startswith("ground truth"):
+            result.problems.append(message)  # a 'map' of another size: the size problem, not 'unreadable'
+            return result
+        result.problems.append(f"unreadable cube: {message}")
     except Exception as error:  # noqa: BLE001 - a checker reports, it does not crash
         result.problems.append(f"unreadable cube: {error.__class__.__name__}: {error}")
-        cube = None
     if not needs_mask:
         return result
-    mask_source = cube_path if mask_in_cube else gt_path
-    if mask_source is None or not Path(mask_source).is_file():
-        result.problems.append(f"no ground truth (expected {gt_path})")
-        return result
-    try:
-        mask = load_mask(mask_source)
-    except FersError as error:
-        result.problems.append(f"unreadable ground truth: {_strip_path(str(error), mask_source)}")
-        return result
-    except Exception as error:  # noqa: BLE001
-        result.problems.append(f"unreadable ground truth: {error.__class__.__name__}: {error}")
-        return result
+    if mask_in_cube:
+        if cube is None:
+            return result
+        mask = scene.mask
+        if mask is None:
+            result.unlabelled = True
+            return result
+    else:
+        if gt_path is None or not Path(gt_path).is_file():
+            result.problems.append(f"no ground truth (expected {gt_path})")
+            return result
+        try:
+            mask = load_mask(gt_path, rule="had100")
+        except FersError as error:
+            result.problems.append(f"unreadable ground truth: {_strip_path(str(error), gt_path)}")
+            return result
+        except Exception as error:  # noqa: BLE001
+            result.problems.append(f"unreadable ground truth: {error.__class__.__name__}: {error}")
+            return result
     result.anomaly_pixels = int(mask.sum())
     if cube is not None and mask.shape != cube.shape[:2]:
         result.problems.append(f"ground truth is {mask.shape[0]}×{mask.shape[1]} but the cube is "
@@ -235,7 +253,7 @@ def check_scene(group: str, name: str, cube_path: Path, gt_path: Path | None, ma
     return result
 
 
-def _paired_checks(root: Path, sensor: str | None) -> list[SceneCheck]:
+def _paired_checks(root: Path, sensor: str | None, layout: str = LAYOUT_CHECK) -> list[SceneCheck]:
     checks = []
     for split in ("train", "test"):
         split_root = root / split
@@ -251,7 +269,7 @@ def _paired_checks(root: Path, sensor: str | None) -> list[SceneCheck]:
             for cube_path in cubes:
                 gt_path = root / "ground_truth" / name / f"{cube_path.stem}{MASK_SUFFIX}"
                 checks.append(check_scene(group, cube_path.stem, cube_path, gt_path if split == "test" else None,
-                                          needs_mask=split == "test"))
+                                          needs_mask=split == "test", layout=layout))
             if split == "test":
                 stems = {p.stem for p in cubes}
                 for orphan in sorted((root / "ground_truth" / name).glob(f"*{MASK_SUFFIX}")):
@@ -275,8 +293,9 @@ def detect_layout(root) -> str:
                     f".mat files{hint}; pass the dataset root")
 
 
-def check_dataset(root, layout: str = "auto", sensor: str | None = None) -> CheckReport:
-    """Validate every cube and ground truth of a HAD100, FERS_ABU or ABU ``.mat`` folder.
+def check_dataset(root, layout: str = "auto", sensor: str | None = None, cube_layout: str = LAYOUT_CHECK) -> CheckReport:
+    """Validate every cube and ground truth of a HAD100, FERS_ABU or ABU ``.mat`` folder (``cube_layout``:
+    how the cube files store their axes, see :data:`fers.io.CUBE_LAYOUTS`).
 
     Folder-level problems (missing folder, no scenes) raise :class:`FersError`; problems of single
     files are collected per scene in the report.
@@ -291,12 +310,12 @@ def check_dataset(root, layout: str = "auto", sensor: str | None = None) -> Chec
         layout = detect_layout(root)
     mats = sorted(root.glob("*.mat"))
     if layout == "abu" and mats:
-        checks = [check_scene("mat", p.stem, p, None, mask_in_cube=True) for p in mats]
+        checks = [check_scene("mat", p.stem, p, None, mask_in_cube=True, layout=cube_layout) for p in mats]
     else:
         if not (root / "test").is_dir() and not (root / "train").is_dir():
             raise FersError(f"{root}: no test/ or train/ folder; this is not a {layout.upper()} layout "
                             "(use --layout auto)")
-        checks = _paired_checks(root, sensor)
+        checks = _paired_checks(root, sensor, cube_layout)
         if layout == "had100" and not (root / "test").is_dir():
             checks.append(SceneCheck("test", "-", str(root / "test"), None,
                                      problems=["no test/ folder: test.py needs test/<sensor>/*.npy"]))
@@ -304,7 +323,12 @@ def check_dataset(root, layout: str = "auto", sensor: str | None = None) -> Chec
         where = sensor or "<sensor>"
         raise FersError(f"{root}: no scenes found (no *.mat, no test/{where}/*{CUBE_SUFFIX}, "
                         f"no train/{where}/*{CUBE_SUFFIX}); check the path" + (" and --sensor" if sensor else ""))
-    return CheckReport(str(root), layout, checks, _band_warnings(checks))
+    warnings = _band_warnings(checks)
+    unlabelled = [check.name for check in checks if check.unlabelled]
+    if unlabelled:
+        warnings.append(f"{len(unlabelled)} scene file(s) without a ground truth of their size ({', '.join(unlabelled)}): "
+                        "detect.py and FERS_ABU/test.py run on them without metrics")
+    return CheckReport(str(root), layout, checks, warnings)
 
 
 def _band_warnings(checks) -> list[str]:

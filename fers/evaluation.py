@@ -169,8 +169,15 @@ class SceneResult:
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
+    labelled: bool = True
+    batch_scenes: int = 1
+
     def row(self) -> dict:
-        return {"name": self.name, "auc": self.auc, "seconds": self.seconds, "bands": self.bands,
+        """One results row. ``seconds_batch_average``: the wall time of the scene's batch divided by
+        the scenes in it (``batch_scenes``); ``seconds`` is the same number, kept for older readers."""
+        return {"name": self.name, "auc": self.auc, "seconds": self.seconds,
+                "seconds_batch_average": self.seconds, "batch_scenes": self.batch_scenes,
+                "labelled": self.labelled, "bands": self.bands,
                 "height": self.shape[0], "width": self.shape[1], **self.metrics, **self.extra}
 
 
@@ -182,6 +189,7 @@ class Evaluation:
     total_seconds: float
     config: dict
     manifest: list = field(default_factory=list)
+    labelled: list = field(default_factory=list)  # per scene: has a ground truth (else metrics NaN)
 
     @property
     def mean_auc(self) -> tuple[float, int]:
@@ -190,7 +198,8 @@ class Evaluation:
 
 def load_inputs(scenes: list[Scene], channels: int, band_policy: str, log=print):
     """Load, validate and normalise every scene before any detection runs, so a bad file stops the
-    run before anything is written. Returns ``(cubes (H, W, C) float32, masks, band descriptions)``."""
+    run before anything is written. Returns ``(cubes (H, W, C) float32, masks, band descriptions)``;
+    the mask of an unlabelled scene is None."""
     cubes, masks, bands = [], [], []
     for scene in scenes:
         cube, mask = load_scene(scene)
@@ -198,7 +207,10 @@ def load_inputs(scenes: list[Scene], channels: int, band_policy: str, log=print)
         cubes.append(prepared)
         masks.append(mask)
         bands.append(description)
-        if not mask.any():
+        if mask is None:
+            log(f"note: {scene.cube_path}: no ground truth (no 2-D array of the scene's size in the file); "
+                "detection only, its metrics are NaN and left out of the means")
+        elif not mask.any():
             log(f"warning: {scene.cube_path}: the ground truth has no anomaly pixel; its AUC is undefined (NaN) "
                 "and left out of the mean")
     return cubes, masks, bands
@@ -228,8 +240,15 @@ def evaluate(detector: Detector, scenes: list[Scene], band_policy: str = "interp
     if detect not in ("RX", "AE"):
         raise ValueError("detect must be RX or AE")
     cubes, masks, bands = load_inputs(scenes, detector.channels, band_policy, log)
+    labelled = [mask is not None for mask in masks]
+    if detect == "AE" and ae_select == "oracle" and not all(labelled):
+        unlabelled = scenes[labelled.index(False)].cube_path
+        raise FersError(f"{unlabelled}: --ae_select oracle picks the step by ground-truth AUC, and this scene has "
+                        "no ground truth; use --ae_select last or min_loss")
+    masks = [mask if mask is not None else np.zeros(cube.shape[:2], bool) for mask, cube in zip(masks, cubes)]
     scores: list = [None] * len(scenes)
     seconds = [0.0] * len(scenes)
+    batch_scenes = [1] * len(scenes)
     extras = [{} for _ in scenes]
     from tqdm import tqdm
 
@@ -254,6 +273,7 @@ def evaluate(detector: Detector, scenes: list[Scene], band_policy: str = "interp
         for slot, index in enumerate(batch):
             scores[index] = np.asarray(maps[slot], dtype=np.float64)
             seconds[index] = elapsed
+            batch_scenes[index] = len(batch)
         bar.update(len(batch))
     bar.close()
     total = time.perf_counter() - started
@@ -267,13 +287,13 @@ def evaluate(detector: Detector, scenes: list[Scene], band_policy: str = "interp
                   else {"threshold": math.nan, "f1": math.nan})
         metrics.update({"f1": f1["f1"], "f1_threshold": f1["threshold"]})
         results.append(SceneResult(scene.name, scene_auc, seconds[index], bands[index], cubes[index].shape[:2],
-                                   metrics, extras[index]))
+                                   metrics, extras[index], labelled[index], batch_scenes[index]))
     config = {**detector.describe(), "detect": detect, "band_policy": band_policy, "batch_size": batch_size,
               "device": str(detector.device)}
     if detect == "AE":
         config.update({"ae_steps": ae_steps, "ae_select": ae_select, "seed": seed,
                        "ae_selection_uses_ground_truth": ae_select == "oracle"})
-    return Evaluation(results, scores, masks, total, config, data_manifest(scenes))
+    return Evaluation(results, scores, masks, total, config, data_manifest(scenes), labelled)
 
 
 def data_manifest(scenes: list[Scene]) -> list[dict]:
@@ -291,14 +311,24 @@ def _stack_or_cells(arrays: list) -> np.ndarray:
     return cells
 
 
+SECONDS_NOTE = ("per-scene seconds (seconds_batch_average; 'seconds' is the same value) are the wall time of the "
+                "scene's batch divided by the scenes in it (batch_scenes): scenes of equal size are scored "
+                "together (--batch_size), so they are not measured one by one; total_seconds is the whole run")
+
+
 def summary_lines(evaluation: Evaluation, title: str) -> list[str]:
     mean, covered = evaluation.mean_auc
     n = len(evaluation.results)
     oracle = " [ORACLE: AE step chosen on ground truth]" if evaluation.config.get("ae_selection_uses_ground_truth") else ""
     lines = [f"{title}{oracle}"]
-    lines += [f"{r.name}: AUC {r.auc:.4f}  ({r.bands}, {r.seconds * 1000:.1f} ms)" for r in evaluation.results]
+    lines += [f"{r.name}: AUC {r.auc:.4f}  ({r.bands}, {r.seconds * 1000:.1f} ms"
+              + (f" averaged over a batch of {r.batch_scenes}" if r.batch_scenes > 1 else "")
+              + ("" if r.labelled else "; no ground truth") + ")" for r in evaluation.results]
+    unlabelled = sum(not r.labelled for r in evaluation.results)
+    left_out = [f"{n - covered - unlabelled} without anomaly pixels"] if n - covered - unlabelled else []
+    left_out += [f"{unlabelled} without ground truth"] if unlabelled else []
     lines.append(f"mean AUC {mean:.4f} over {covered} of {n} scenes"
-                 + ("" if covered == n else f" ({n - covered} without anomaly pixels left out)"))
+                 + (f" ({', '.join(left_out)} left out)" if left_out else ""))
     lines.append(f"total {evaluation.total_seconds:.2f} s, {evaluation.total_seconds / max(n, 1) * 1000:.1f} ms per scene")
     return lines
 
@@ -317,9 +347,11 @@ def write_outputs(save_dir, evaluation: Evaluation, run_config: dict, title: str
         "mean_auc": mean,
         "scenes_covered": covered,
         "scenes_total": len(results),
+        "scenes_labelled": sum(r.labelled for r in results),
         "mean_metrics": means,
         "total_seconds": evaluation.total_seconds,
         "seconds_per_scene": evaluation.total_seconds / max(len(results), 1),
+        "seconds_note": SECONDS_NOTE,
         "oracle": oracle,
         "config": {**run_config, **evaluation.config},
         "versions": versions(),
@@ -335,7 +367,8 @@ def write_outputs(save_dir, evaluation: Evaluation, run_config: dict, title: str
         write_text(out / "log.txt", "\n".join(summary_lines(evaluation, title)) + "\n")
         save_mat(out / "scores.mat", {"scores": _stack_or_cells(evaluation.scores), "names": np.array(names, dtype=object)})
         save_mat(out / "gts.mat", {"gts": _stack_or_cells([m.astype(np.uint8) for m in evaluation.masks]),
-                                   "names": np.array(names, dtype=object)})
+                                   "names": np.array(names, dtype=object),
+                                   "labelled": np.array([r.labelled for r in results], dtype=np.uint8)})
         write_json(out / "results.json", payload)
         buffer = _io.StringIO()
         rows = [r.row() for r in results]
@@ -343,7 +376,7 @@ def write_outputs(save_dir, evaluation: Evaluation, run_config: dict, title: str
         writer = csv.DictWriter(buffer, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-        writer.writerow({"name": "mean", "auc": mean, **means,
-                         "seconds": payload["seconds_per_scene"]})
+        writer.writerow({"name": "mean", "auc": mean, **means, "seconds": payload["seconds_per_scene"],
+                         "seconds_batch_average": payload["seconds_per_scene"]})
         write_text(out / "results.csv", buffer.getvalue())
     return save_dir

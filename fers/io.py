@@ -1,8 +1,9 @@
 """Reading hyperspectral cubes and masks, and writing outputs atomically.
 
 One array layout after loading: cubes are ``(rows, cols, bands)`` NumPy arrays, masks are
-``(rows, cols)`` boolean arrays. Every reader turns a broken file into a :class:`FersError`
-that names the file and says what to do.
+``(rows, cols)`` boolean arrays. A cube stored bands-first is transposed here, at load time
+(:func:`orient_cube`), and nowhere else. Every reader turns a broken file into a
+:class:`FersError` that names the file and says what to do.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,16 @@ CUBE_SUFFIXES = (".mat", ".npy", ".npz", ".hdr")
 MASK_SUFFIXES = (".png", ".mat", ".npy", ".tif", ".tiff", ".bmp")
 PREFERRED_CUBE_KEYS = ("data", "cube", "hsi", "X", "img", "image")
 PREFERRED_MASK_KEYS = ("map", "gt", "mask", "groundtruth", "ground_truth", "label")
+# How a cube file is laid out: hwb = (rows, cols, bands) as stored; bhw = (bands, rows, cols),
+# transposed on loading; auto = transposed when it looks bands-first (see looks_bands_first);
+# check = hwb, but a cube that looks bands-first is refused (the command lines' default).
+CUBE_LAYOUTS = ("hwb", "bhw", "auto")
+LAYOUT_CHECK = "check"
+# How an image mask is read: nonzero = a pixel is an anomaly when any colour channel is non-zero
+# (alpha ignored; the documented rule for a user's mask); had100 = channel 1 >= 128 (the HAD100
+# and reference FERS_ABU ground-truth PNGs, anomalies 255).
+MASK_RULES = ("nonzero", "had100")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 
 
 def _read_mat(path: Path) -> dict:
@@ -108,23 +120,28 @@ def _read_envi(path: Path) -> np.ndarray:
                         "the header needs its data file beside it (same name, .img/.dat/.raw or none)") from None
 
 
-def load_cube(path, key: str | None = None, mmap: bool = False) -> np.ndarray:
-    """Read a cube as a ``(rows, cols, bands)`` array from .mat (v5 or v7.3), .npy, .npz or ENVI .hdr."""
-    path = Path(path)
+def _read_arrays(path: Path) -> dict:
+    """All numeric arrays of a ``.mat`` or ``.npz`` file."""
+    if path.suffix.lower() == ".mat":
+        return _read_mat(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {k: archive[k] for k in archive.files}
+    except Exception as error:
+        raise FersError(f"{path}: not a readable .npz file ({error}); copy it again") from None
+
+
+def _load_stored_cube(path: Path, key: str | None, mmap: bool):
+    """``(cube as stored, other arrays of the file)``; checks the suffix, 3-D and numeric."""
     if not path.exists():
         raise FersError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    arrays: dict = {}
     if suffix == ".npy":
         cube = _read_npy(path, mmap)
-    elif suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {k: archive[k] for k in archive.files}
-        except Exception as error:
-            raise FersError(f"{path}: not a readable .npz file ({error}); copy it again") from None
+    elif suffix in (".npz", ".mat"):
+        arrays = _read_arrays(path)
         cube = _pick(arrays, 3, PREFERRED_CUBE_KEYS, path, "cube", key)
-    elif suffix == ".mat":
-        cube = _pick(_read_mat(path), 3, PREFERRED_CUBE_KEYS, path, "cube", key)
     elif suffix == ".hdr":
         cube = _read_envi(path)
     else:
@@ -133,45 +150,194 @@ def load_cube(path, key: str | None = None, mmap: bool = False) -> np.ndarray:
         raise FersError(f"{path}: expected a 3-D cube (rows, cols, bands), got shape {tuple(cube.shape)}")
     if cube.dtype.kind not in "biuf":
         raise FersError(f"{path}: cube has non-numeric type {cube.dtype}")
-    return cube
+    return cube, {name: value for name, value in arrays.items() if value is not cube}
 
 
-def load_mask(path, key: str | None = None) -> np.ndarray:
+def looks_bands_first(shape, gt_shapes=()) -> bool:
+    """Whether a stored 3-D cube of ``shape`` looks like ``(bands, rows, cols)``.
+
+    1. A ground truth decides when there is one: ``(d0, d1)`` equal to a ground-truth shape means
+       rows, cols, bands; ``(d1, d2)`` equal to it (and ``(d0, d1)`` not) means bands first.
+    2. Otherwise the shape alone: bands first when the last two axes are equal and the first
+       differs (``205×100×100``): square scenes are common, a band count equal to the scene
+       width is rare. Any other shape is taken as rows, cols, bands.
+    """
+    d0, d1, d2 = (int(n) for n in shape)
+    gt_shapes = [tuple(int(n) for n in g) for g in gt_shapes]
+    if gt_shapes:
+        if (d0, d1) in gt_shapes:
+            return False
+        if (d1, d2) in gt_shapes:
+            return True
+    return d1 == d2 and d0 != d1
+
+
+def orient_cube(cube: np.ndarray, layout: str, path, gt_shapes=()) -> tuple[np.ndarray, str]:
+    """``(cube (rows, cols, bands), layout used: 'hwb' or 'bhw')`` for a stored 3-D cube.
+
+    ``layout``: ``hwb`` as stored; ``bhw`` transposed; ``auto`` transposed when
+    :func:`looks_bands_first`; ``check`` as stored, but a cube that looks bands-first is refused
+    with the fix. The transposition is a view (a memory map stays a memory map)."""
+    if layout not in CUBE_LAYOUTS + (LAYOUT_CHECK,):
+        raise ValueError(f"layout must be one of {CUBE_LAYOUTS + (LAYOUT_CHECK,)}, got {layout!r}")
+    path = Path(path)
+    if path.suffix.lower() == ".hdr":  # the ENVI header states the interleave; spectral applies it
+        if layout == "bhw":
+            raise FersError(f"{path}: an ENVI header states its own layout (interleave); drop --cube_layout bhw")
+        return cube, "hwb"
+    bands_first = layout == "bhw" or (layout in ("auto", LAYOUT_CHECK) and looks_bands_first(cube.shape, gt_shapes))
+    if bands_first and layout == LAYOUT_CHECK:
+        d0, d1, d2 = cube.shape
+        matching = [g for g in gt_shapes if tuple(g) == (d1, d2)]
+        reason = (f"its ground truth is {d1}×{d2}" if matching
+                  else "its last two axes are equal and the first differs")
+        raise FersError(f"{path}: the cube {d0}×{d1}×{d2} looks bands-first, (bands, rows, cols) ({reason}); "
+                        f"FERS reads (rows, cols, bands). For a {d1}×{d2} scene with {d0} bands pass "
+                        f"--cube_layout bhw (or auto); if it really is {d0}×{d1} with {d2} bands pass "
+                        "--cube_layout hwb")
+    if bands_first:
+        return np.transpose(cube, (1, 2, 0)), "bhw"
+    return cube, "hwb"
+
+
+def load_cube(path, key: str | None = None, mmap: bool = False, layout: str = "hwb", gt_shape=None) -> np.ndarray:
+    """Read a cube as a ``(rows, cols, bands)`` array from .mat (v5 or v7.3), .npy, .npz or ENVI .hdr.
+
+    ``layout`` (:data:`CUBE_LAYOUTS` or ``check``) says how the file stores it; ``gt_shape``, the
+    ground truth's ``(rows, cols)`` if known, helps to recognise a bands-first cube."""
+    path = Path(path)
+    cube, _ = _load_stored_cube(path, key, mmap)
+    return orient_cube(cube, layout, path, [gt_shape] if gt_shape is not None else ())[0]
+
+
+@dataclass
+class SceneFile:
+    """What :func:`read_scene` found: the cube ``(rows, cols, bands)``, the ground truth (None when
+    the scene is unlabelled or none was asked for), where the ground truth came from, the layout used."""
+
+    cube: np.ndarray
+    mask: np.ndarray | None
+    gt_source: str | None
+    layout: str
+
+
+EMBEDDED = "embedded"  # read_scene's gt: the ground truth stored in the scene file, if any
+
+
+def read_scene(path, gt=EMBEDDED, cube_key: str | None = None, gt_key: str | None = None,
+               layout: str = LAYOUT_CHECK, mask_rule: str = "nonzero", mmap: bool = False) -> SceneFile:
+    """A scene file and its ground truth, in one read.
+
+    ``gt``: a mask file (read with ``mask_rule``), ``None`` (explicitly no ground truth), or
+    :data:`EMBEDDED`: a 2-D array inside a ``.mat``/``.npz`` scene **of the scene's rows × cols**
+    (``gt_key`` names it; otherwise ``map``, ``gt``, ... or the only such array). Other 2-D arrays
+    (``wavelengths``, ``bands`` vectors) are not ground-truth candidates; a scene without one is
+    unlabelled (``mask`` None), but an array named like a ground truth (``map``, ``gt``, ...) of
+    another size is an error. A mask file of another size is returned as is: the caller reports it.
+    """
+    path = Path(path)
+    mask, source = None, None
+    if gt is not None and gt != EMBEDDED:
+        mask, source = load_mask(gt, gt_key, rule=mask_rule), str(gt)
+    stored, others = _load_stored_cube(path, cube_key, mmap)
+    planes = {name: value for name, value in others.items()
+              if np.ndim(value) == 2 and np.asarray(value).dtype.kind in "biuf"}
+    if mask is not None:
+        hints = [mask.shape]
+    elif gt == EMBEDDED:
+        hints = [value.shape for name, value in planes.items() if gt_key in (None, name)
+                 and value.shape in (stored.shape[:2], stored.shape[1:])]
+    else:
+        hints = []
+    cube, used = orient_cube(stored, layout, path, hints)
+    if gt == EMBEDDED:
+        mask = _embedded_mask(path, planes, cube.shape[:2], gt_key)
+        source = f"{path} (ground truth inside the scene file)" if mask is not None else None
+    return SceneFile(cube, mask, source, used)
+
+
+def _embedded_mask(path: Path, planes: dict, shape: tuple, key: str | None):
+    """The ground truth stored beside the cube: a 2-D array of exactly ``shape``, or None."""
+    if key is not None:
+        if key not in planes:
+            raise FersError(f"{path}: no 2-D variable '{key}' (--gt_key; 2-D variables: "
+                            f"{', '.join(f'{k} {tuple(np.shape(v))}' for k, v in sorted(planes.items())) or 'none'})")
+        value = planes[key]
+        if value.shape != tuple(shape):
+            raise FersError(f"{path}: ground truth '{key}' is {value.shape[0]}×{value.shape[1]} but the scene is "
+                            f"{shape[0]}×{shape[1]}; they must match")
+        return _mask_values(path, value)
+    fitting = {name: value for name, value in planes.items() if value.shape == tuple(shape)}
+    for name in PREFERRED_MASK_KEYS:
+        if name in fitting:
+            return _mask_values(path, fitting[name])
+    if len(fitting) == 1:
+        return _mask_values(path, next(iter(fitting.values())))
+    if fitting:
+        raise FersError(f"{path}: several 2-D variables of the scene's size {shape[0]}×{shape[1]} "
+                        f"({', '.join(sorted(fitting))}); name the ground truth with --gt_key, or --gt none")
+    for name in PREFERRED_MASK_KEYS:  # named as a ground truth but of another size: a broken file
+        if name in planes:
+            value = planes[name]
+            raise FersError(f"{path}: ground truth is {value.shape[0]}×{value.shape[1]} but the cube {path.name} "
+                            f"is {shape[0]}×{shape[1]}; they must match")
+    return None
+
+
+def _mask_values(path, array) -> np.ndarray:
+    array = np.asarray(array)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise FersError(f"{path}: ground truth holds NaN or Inf values; use 0 for background and 1 for anomalies")
+    return array != 0
+
+
+def load_mask(path, key: str | None = None, rule: str = "nonzero") -> np.ndarray:
     """Read a ground-truth mask as a boolean ``(rows, cols)`` array.
 
-    PNG and other images: an RGB image uses channel 1, as the HAD100 reference does; a pixel
-    is an anomaly when its value is at least 128 (the reference's anomalies are 255).
-    .mat/.npy: non-zero is an anomaly (ABU's ``map``).
+    Images (PNG, TIFF, BMP), by ``rule``: ``nonzero`` (a user's mask): an anomaly is a pixel
+    that is non-zero in any colour channel, alpha ignored, palettes resolved to colours;
+    ``had100`` (the HAD100 and reference FERS_ABU PNGs): channel 1 (or the grey channel) >= 128.
+    .mat/.npz/.npy: non-zero is an anomaly (ABU's ``map``); ``key`` names the variable.
     """
+    if rule not in MASK_RULES:
+        raise ValueError(f"rule must be one of {MASK_RULES}, got {rule!r}")
     path = Path(path)
     if not path.exists():
         raise FersError(f"{path}: no such ground-truth file")
     suffix = path.suffix.lower()
-    if suffix in (".png", ".tif", ".tiff", ".bmp"):
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as image:
-                image.load()
-                array = np.asarray(image)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-            raise FersError(f"{path}: not a readable image ({error}); the file may be truncated") from None
-        if array.ndim == 3:
-            array = array[:, :, 1] if array.shape[2] >= 2 else array[:, :, 0]
-        if array.dtype == bool:
-            return array
-        return array >= 128
-    if suffix == ".mat":
-        array = _pick(_read_mat(path), 2, PREFERRED_MASK_KEYS, path, "ground truth", key)
+    if suffix in IMAGE_SUFFIXES:
+        return _image_mask(path, rule)
+    if suffix in (".mat", ".npz"):
+        array = _pick(_read_arrays(path), 2, PREFERRED_MASK_KEYS, path, "ground truth", key)
     elif suffix == ".npy":
         array = _read_npy(path)
     else:
-        raise FersError(f"{path}: unknown ground-truth type '{suffix}'; use .png, .mat or .npy")
+        raise FersError(f"{path}: unknown ground-truth type '{suffix}'; use .png, .mat, .npz or .npy")
     if array.ndim != 2:
         raise FersError(f"{path}: expected a 2-D ground truth (rows, cols), got shape {tuple(array.shape)}")
-    array = np.asarray(array)
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise FersError(f"{path}: ground truth holds NaN or Inf values; use 0 for background and 1 for anomalies")
+    return _mask_values(path, array)
+
+
+def _image_mask(path: Path, rule: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if rule == "nonzero" and image.mode in ("P", "PA"):
+                image = image.convert("RGBA")  # palette indices are not colours
+            mode = image.mode
+            array = np.asarray(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise FersError(f"{path}: not a readable image ({error}); the file may be truncated") from None
+    if rule == "had100":
+        if array.ndim == 3:
+            array = array[:, :, 1] if array.shape[2] >= 2 else array[:, :, 0]
+        return array if array.dtype == bool else array >= 128
+    if array.ndim == 3:
+        if mode.endswith("A") or mode == "RGBa":  # LA, RGBA, La: drop the alpha channel
+            array = array[:, :, :-1]
+        return (array != 0).any(axis=2)
     return array != 0
 
 
@@ -251,10 +417,30 @@ def save_mat(path, variables: dict) -> None:
             scipy.io.savemat(handle, variables)
 
 
+def _missing_parents(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed run created (deepest first), as long as they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
 class OutputFolder:
     """All-or-nothing outputs: files are written into a hidden staging folder inside
     ``save_dir`` and moved into place when the block succeeds; on any failure the staging
-    folder is removed, so a failed run leaves no half-written result.
+    folder is removed, and so are ``save_dir`` and its parents if this run created them,
+    so a failed run leaves nothing behind.
 
     >>> with OutputFolder("results/x") as out:
     ...     write_json(out / "results.json", {...})
@@ -265,27 +451,34 @@ class OutputFolder:
         self.flag = flag  # the option that chooses this folder, named in error messages
         self.what = what
         self.staging: Path | None = None
+        self.created: list[Path] = []
 
     def __enter__(self) -> Path:
+        self.created = _missing_parents(self.save_dir)
         try:
             self.save_dir.mkdir(parents=True, exist_ok=True)
             self.staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.save_dir))
         except OSError as error:
+            _remove_empty(self.created)
             raise FersError(f"{self.save_dir}: cannot create the output folder ({error.strerror}); "
                             f"choose a writable {self.flag}") from None
         return self.staging
 
     def __exit__(self, exc_type, exc, tb):
         assert self.staging is not None
+        moved = False
         try:
             if exc_type is None:
                 try:
                     for item in sorted(self.staging.iterdir()):
                         os.replace(item, self.save_dir / item.name)
+                        moved = True
                 except OSError as error:
                     raise self._write_error(error) from None
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
+            if exc_type is not None or not moved:
+                _remove_empty(self.created)
         if exc_type is not None and issubclass(exc_type, OSError):
             raise self._write_error(exc) from None
         return False
@@ -304,4 +497,17 @@ def ensure_writable_dir(path, flag: str = "--save_dir") -> Path:
             pass
     except OSError as error:
         raise FersError(f"{path}: output folder is not writable ({error.strerror}); choose another {flag}") from None
+    return path
+
+
+def check_writable_dir(path, flag: str = "--save_dir") -> Path:
+    """Check up front that ``path`` can be created and written, leaving nothing behind: folders
+    created for the check are removed again (the results are written later by :class:`OutputFolder`,
+    so a run that fails in between leaves no empty results folder)."""
+    path = Path(path)
+    created = _missing_parents(path)
+    try:
+        ensure_writable_dir(path, flag)
+    finally:
+        _remove_empty(created)
     return path

@@ -321,3 +321,74 @@ def detect_scene(detector, cube: np.ndarray, tile: int = 64, overlap: int = 16, 
 def to_hwc_batch(features: torch.Tensor) -> np.ndarray:
     """``(N, C, h, w)`` tensor → ``(N, h, w, C)`` float32 NumPy array (back to the cube layout)."""
     return features.permute(0, 2, 3, 1).float().cpu().numpy()
+
+
+# --------------------------------------------------------------------------- results of several scenes
+
+SCENE_RESULTS_SUFFIX = "_results.json"
+# Settings that change a scene's map: scenes detected with different values are not comparable.
+DETECTION_SETTINGS = ("input_channel", "checkpoint_dir", "branches", "fusion", "rx_precision", "band_policy",
+                      "tile", "overlap", "background")
+
+
+def write_scene_results(staging, save_dir) -> dict:
+    """Write the summary of every scene detected into ``save_dir``: ``results.json`` (``scenes``: one
+    row per ``<scene>_results.json``, in name order; ``mean_auc``/``mean_metrics`` over the scenes with
+    a defined value and ``scenes_covered``; the newest run's ``config``) and ``results.csv`` (the rows
+    and a mean row) into ``staging``. Per-scene files in ``staging`` (this run) replace those of the
+    same name in ``save_dir`` (earlier runs). Returns the ``results.json`` payload."""
+    import csv
+    import io as _io
+    import json
+    from pathlib import Path
+
+    from .io import write_json, write_text
+    from .metrics import mean_ignoring_nan
+    from .utils import versions
+
+    staging, save_dir = Path(staging), Path(save_dir)
+    files = {path.name: path for path in sorted(save_dir.glob(f"*{SCENE_RESULTS_SUFFIX}"))}
+    fresh = {path.name: path for path in sorted(staging.glob(f"*{SCENE_RESULTS_SUFFIX}"))}
+    files.update(fresh)
+    records = []
+    for name in sorted(files):
+        try:
+            record = json.loads(files[name].read_text())
+            if isinstance(record, dict) and isinstance(record.get("scene"), dict):
+                records.append((name, record))
+        except (OSError, ValueError):
+            continue  # not a file of ours: left alone, not summarised
+    rows = [record["scene"] for _, record in records]
+    newest = next(record for name, record in records if name in fresh) if fresh else records[-1][1]
+    metric_names = list(dict.fromkeys(key for row in rows for key in row
+                                      if key == "auc" or key.startswith(("auc_", "adaptive_", "snpr", "f1"))))
+    means = {key: mean_ignoring_nan(row.get(key, math.nan) for row in rows)[0] for key in metric_names}
+    mean_auc, covered = mean_ignoring_nan(row.get("auc", math.nan) for row in rows)
+    payload = {
+        "scenes": rows,
+        "scene_files": [name for name, _ in records],
+        "mean_auc": mean_auc,
+        "scenes_covered": covered,
+        "scenes_total": len(rows),
+        "scenes_labelled": sum(bool(row.get("labelled", "auc" in row)) for row in rows),
+        "mean_metrics": means,
+        "seconds_note": "per-scene seconds are measured for that scene alone (detect.py runs one scene per call)",
+        "config": newest["config"],
+        "versions": versions(),
+    }
+    settings = {key: {json.dumps(record["config"].get(key), default=str) for _, record in records}
+                for key in DETECTION_SETTINGS}
+    differing = [key for key, values in settings.items() if len(values) > 1]
+    if differing:
+        payload["warning"] = (f"the scenes in this folder were detected with different {', '.join(differing)}; "
+                              "their metrics are not comparable (see each <scene>_results.json)")
+    write_json(staging / "results.json", payload)
+    mean_row = {"name": "mean", **means}
+    columns = list(dict.fromkeys(key for row in rows + [mean_row] for key in row))
+    buffer = _io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    writer.writerow(mean_row)
+    write_text(staging / "results.csv", buffer.getvalue())
+    return payload

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import detectors
+from ..io import CUBE_LAYOUTS, LAYOUT_CHECK
 from ..preprocessing import BAND_POLICIES
 from ..utils import DEVICES, REPO_ROOT
 
@@ -33,3 +34,18 @@ def check_positive(parser, **values) -> None:
     for name, value in values.items():
         if value is not None and value < 1:
             parser.error(f"--{name} must be at least 1")
+
+
+def add_layout_argument(parser: argparse.ArgumentParser, *names: str) -> None:
+    """``--layout``/``--cube_layout``: how the cube files store their axes (``dest='cube_layout'``)."""
+    parser.add_argument(*(names or ("--layout", "--cube_layout")), dest="cube_layout", choices=CUBE_LAYOUTS,
+                        default=None,
+                        help="axes of the cube files: hwb = (rows, cols, bands); bhw = (bands, rows, cols), "
+                             "transposed on loading; auto = transposed when it looks bands-first (a ground truth "
+                             "matching the last two axes, or the last two axes equal and the first not). "
+                             "Default: hwb, and a cube that looks bands-first is refused")
+
+
+def cube_layout(args) -> str:
+    """The layout to load with: the one asked for, or ``check`` (hwb, refusing a bands-first look)."""
+    return args.cube_layout or LAYOUT_CHECK

@@ -19,11 +19,11 @@ from ..checkpoints import SPATIAL_FILE, STAGE1_FILES, band_folder
 from ..datasets import HAD100_SENSOR, abu_manifest, had100_manifest
 from ..errors import FersError, cli_entry
 from ..evaluation import Detector, load_inputs
-from ..io import OutputFolder, ensure_writable_dir, write_json, write_text
+from ..io import OutputFolder, check_writable_dir, write_json, write_text
 from ..metrics import METRIC_NAMES, detection_metrics, mean_ignoring_nan
 from ..preprocessing import to_chw
 from ..utils import REPO_ROOT, default_threads, resolve_device, versions
-from .common import add_model_arguments, check_positive
+from .common import add_layout_argument, add_model_arguments, check_positive, cube_layout
 
 METHODS = ("grx", "lrx", "ferd", "fers")
 LABELS = {"grx": "GRX", "lrx": "LRX", "ferd": "FERD", "fers": "FERS"}
@@ -39,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--branches", default="both", help=argparse.SUPPRESS)  # --methods decides
     parser.add_argument("--batch_size", type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument("--data_path", default=str(REPO_ROOT / "data" / "ABU"),
-                        help="ABU folder (.mat files or the FERS_ABU layout) or the HAD100 root")
-    parser.add_argument("--layout", choices=("abu", "had100"), default="abu")
+                        help="ABU folder (.mat files or the FERS_ABU layout), one .mat scene, or the HAD100 root")
+    parser.add_argument("--layout", choices=("abu", "had100"), default="abu",
+                        help="dataset layout of --data_path (the cube axes are --cube_layout)")
+    add_layout_argument(parser, "--cube_layout")
     parser.add_argument("--sensor", default=None, help=f"sensor folder (HAD100 default: {HAD100_SENSOR})")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="comma-separated subset of grx (global RX), lrx (local dual-window RX), "
@@ -141,12 +143,12 @@ def main(argv=None):
     if args.lrx_components < 0:
         parser.error("--lrx_components must be 0 (all bands) or positive")
     default_threads()
-    ensure_writable_dir(args.save_dir)
+    check_writable_dir(args.save_dir)
     device = resolve_device(args.device)
     if args.layout == "had100":
-        scenes = had100_manifest(args.data_path, args.sensor or HAD100_SENSOR)
+        scenes = had100_manifest(args.data_path, args.sensor or HAD100_SENSOR, cube_layout(args))
     else:
-        scenes = abu_manifest(args.data_path, args.sensor)
+        scenes = abu_manifest(args.data_path, args.sensor, cube_layout(args))
     scorers = _scorers(args, methods, device)
     if not scorers:
         raise FersError(f"{band_folder(args.checkpoint_dir, args.input_channel)}: no method can run "
@@ -154,6 +156,8 @@ def main(argv=None):
     ran = [m for m in methods if m in scorers]
     skipped = {m: "checkpoints missing" for m in methods if m not in scorers}
     cubes, masks, bands = load_inputs(scenes, args.input_channel, args.band_policy)
+    labelled = [mask is not None for mask in masks]  # unlabelled scenes: metrics NaN, left out of the means
+    masks = [mask if mask is not None else np.zeros(cube.shape[:2], bool) for mask, cube in zip(masks, cubes)]
     print(f"compare: {len(scenes)} scenes, {args.input_channel} bands, methods {', '.join(LABELS[m] for m in ran)}"
           + (f" (skipped: {', '.join(LABELS[m] for m in skipped)})" if skipped else "") + f", device={device}")
     from tqdm import tqdm
@@ -173,10 +177,10 @@ def main(argv=None):
                 metrics = detection_metrics(scores, masks[index], adaptive=args.adaptive)
             maps[method].append(scores)
             rows.append({"scene": scene.name, "method": method, **metrics, "seconds": seconds,
-                         "bands": bands[index]})
+                         "bands": bands[index], "labelled": labelled[index]})
             bar.update(1)
     bar.close()
-    metric_names = [key for key in rows[0] if key not in ("scene", "method", "seconds", "bands")]
+    metric_names = [key for key in rows[0] if key not in ("scene", "method", "seconds", "bands", "labelled")]
     means = {}
     for method in ran:
         method_rows = [row for row in rows if row["method"] == method]

@@ -49,6 +49,10 @@ def check_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layout", choices=data_tools.LAYOUTS, default="auto",
                         help="auto: .mat files → abu, test/ or train/ → had100 (also FERS_ABU)")
     parser.add_argument("--sensor", default=None, help="only this sensor folder (default: all)")
+    parser.add_argument("--cube_layout", choices=("hwb", "bhw", "auto"), default=None,
+                        help="axes of the cube files: hwb = (rows, cols, bands), bhw = (bands, rows, cols), auto = "
+                             "bhw when it looks bands-first; default: hwb, and a cube that looks bands-first is "
+                             "reported")
     parser.add_argument("--json", default=None, help="also write the report as JSON to this file")
     return parser
 
@@ -56,7 +60,7 @@ def check_parser() -> argparse.ArgumentParser:
 @cli_entry
 def check_main(argv=None):
     args = check_parser().parse_args(argv)
-    report = data_tools.check_dataset(args.path, args.layout, args.sensor)
+    report = data_tools.check_dataset(args.path, args.layout, args.sensor, args.cube_layout or "check")
     for line in data_tools.report_lines(report):
         print(line)
     if args.json:

@@ -1,11 +1,10 @@
 """``detect.py SCENE``: a trained detector on one scene of any size, tiled, with an optional
-ground truth for the metrics."""
+ground truth for the metrics. Several runs into one ``--save_dir`` accumulate: each scene has its
+``<scene>_results.json``, and ``results.json``/``results.csv`` summarise every scene there."""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io as _io
 import time
 import warnings
 from pathlib import Path
@@ -13,12 +12,12 @@ from pathlib import Path
 from .. import detectors
 from ..errors import FersError, cli_entry
 from ..evaluation import Detector
-from ..io import CUBE_SUFFIXES, OutputFolder, ensure_writable_dir, load_cube, load_mask, save_mat, save_npy, \
-    write_json, write_text
+from ..io import CUBE_SUFFIXES, EMBEDDED, OutputFolder, check_writable_dir, read_scene, save_mat, save_npy, \
+    write_json
 from ..metrics import detection_metrics
-from ..scene_detection import BACKGROUNDS, TileGrid, detect_scene, prepare_scene
+from ..scene_detection import BACKGROUNDS, TileGrid, detect_scene, prepare_scene, write_scene_results
 from ..utils import REPO_ROOT, default_threads, resolve_device, versions
-from .common import add_model_arguments, check_positive
+from .common import add_layout_argument, add_model_arguments, check_positive, cube_layout
 
 ENVI_DATA_SUFFIXES = ("", ".img", ".dat", ".raw", ".bsq", ".bil", ".bip", ".IMG", ".DAT")
 
@@ -27,8 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="detect.py", conflict_handler="resolve",
         description="Run FERS (or FERD, or plain RX) on one hyperspectral scene of any size, in "
-                    "overlapping tiles. Writes <scene>_scores.npy/.mat/.png into --save_dir, and the "
-                    "metrics (results.json, results.csv) when a ground truth is given or found.")
+                    "overlapping tiles. Writes <scene>_scores.npy/.mat/.png and <scene>_results.json into "
+                    "--save_dir, and results.json/results.csv: one row per scene detected into that folder "
+                    "(metrics when a ground truth is given or found) and the mean.")
     parser.add_argument("scene", help="cube file: .mat (v5 or v7.3), .npy, .npz or ENVI .hdr (needs 'spectral')")
     add_model_arguments(parser, default_channels=200)
     parser.add_argument("--branches", choices=detectors.BRANCHES + ("none",), default="both",
@@ -37,8 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=16, help="tiles per forward pass")
     parser.add_argument("--cube_key", default=None, help="variable holding the cube in a .mat/.npz "
                         "(default: 'data' or the only 3-D array)")
-    parser.add_argument("--gt", default=None, help="ground-truth mask (.png, .mat, .npy; non-zero = anomaly); "
-                        "default: the 'map' (or only 2-D array) inside a .mat scene, if any")
+    parser.add_argument("--gt", default=None,
+                        help="ground-truth mask (.png/.tif/.bmp: non-zero in any colour channel = anomaly, alpha "
+                             "ignored; .mat, .npz, .npy: non-zero = anomaly), or 'none' for no ground truth; "
+                             "default: the 2-D array of the scene's size inside a .mat/.npz scene ('map', or the "
+                             "only one), if any")
+    parser.add_argument("--gt_key", default=None,
+                        help="variable holding the ground truth in a .mat/.npz (the --gt file, or the scene file)")
+    add_layout_argument(parser)
     parser.add_argument("--tile", type=int, default=64, help="tile size in pixels (>= the scene size: one tile, "
                         "the same map as FERS_ABU/test.py)")
     parser.add_argument("--overlap", type=int, default=16, help="minimum overlap of neighbouring tiles, blended")
@@ -62,24 +68,13 @@ def _check_scene_path(path: Path) -> None:
                         "put the data file beside the header")
 
 
-def _ground_truth(args, path: Path):
-    """The mask from ``--gt``, or the 2-D map stored in a .mat scene; ``(mask or None, source)``."""
-    if args.gt:
-        return load_mask(args.gt), str(args.gt)
-    if path.suffix.lower() == ".mat":
-        try:
-            return load_mask(path), f"{path} (map inside the scene file)"
-        except FersError:
-            return None, None
-    return None, None
-
-
-def _csv(row: dict) -> str:
-    buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(row))
-    writer.writeheader()
-    writer.writerow(row)
-    return buffer.getvalue()
+def _ground_truth_arg(args):
+    """``--gt``: a file, None for ``--gt none``, or EMBEDDED (look inside the scene file)."""
+    if args.gt is None:
+        return EMBEDDED
+    if args.gt.lower() == "none":
+        return None
+    return args.gt
 
 
 @cli_entry
@@ -92,21 +87,25 @@ def main(argv=None):
     path = Path(args.scene)
     _check_scene_path(path)
     default_threads()
-    ensure_writable_dir(args.save_dir)
+    check_writable_dir(args.save_dir)
     device = resolve_device(args.device)
     detector = Detector.from_checkpoints(args.checkpoint_dir, args.input_channel, args.branches, device=device,
                                          fusion=args.fusion, rx_precision=args.rx_precision)
-    mask, gt_source = _ground_truth(args, path)  # before the cube: a .mat is read whole each time
-    cube = load_cube(path, key=args.cube_key, mmap=path.suffix.lower() == ".npy")
+    gt = _ground_truth_arg(args)
+    scene = read_scene(path, gt, cube_key=args.cube_key, gt_key=args.gt_key, layout=cube_layout(args),
+                       mmap=path.suffix.lower() == ".npy")
+    cube, mask, gt_source, layout_used = scene.cube, scene.mask, scene.gt_source, scene.layout
     if mask is not None and mask.shape != cube.shape[:2]:
         raise FersError(f"{args.gt or path}: ground truth is {mask.shape[0]}×{mask.shape[1]} but the scene "
                         f"{path.name} is {cube.shape[0]}×{cube.shape[1]}; they must match")
     name = path.stem
     started = time.perf_counter()
     prepared, bands = prepare_scene(cube, args.input_channel, args.band_policy, str(path))
-    del cube
+    del cube, scene
     grid = TileGrid(prepared.shape[0], prepared.shape[1], args.tile, args.overlap)
-    print(f"{name}: {prepared.shape[0]}×{prepared.shape[1]}, {bands}; {len(grid)} tile(s) of "
+    print(f"{name}: {prepared.shape[0]}×{prepared.shape[1]}, {bands}"
+          + (", stored bands-first (transposed)" if layout_used == "bhw" else "")
+          + f"; {len(grid)} tile(s) of "
           f"{grid.tile_rows}×{grid.tile_cols}, {args.background} RX background; branches={detector.branches}, "
           f"fusion={detector.fusion}, rx_precision={detector.rx_precision}, device={device}")
     scores = detect_scene(detector, prepared, args.tile, args.overlap, args.background, args.batch_size,
@@ -114,7 +113,7 @@ def main(argv=None):
     seconds = time.perf_counter() - started
     del prepared
     row = {"name": name, "seconds": seconds, "bands": bands, "height": scores.shape[0], "width": scores.shape[1],
-           "tiles": len(grid)}
+           "tiles": len(grid), "labelled": mask is not None}
     if mask is not None:
         if not mask.any():
             print(f"warning: {gt_source}: the ground truth has no anomaly pixel; metrics are NaN")
@@ -122,7 +121,7 @@ def main(argv=None):
             warnings.simplefilter("ignore", RuntimeWarning)
             row.update(detection_metrics(scores, mask, adaptive=args.adaptive))
     config = {**vars(args), **detector.describe(), "device": str(device), "ground_truth": gt_source,
-              "tile_rows": grid.tile_rows, "tile_cols": grid.tile_cols}
+              "cube_layout_used": layout_used, "tile_rows": grid.tile_rows, "tile_cols": grid.tile_cols}
     from ..report import save_heatmap
 
     with OutputFolder(args.save_dir) as out:
@@ -131,13 +130,19 @@ def main(argv=None):
         save_heatmap(out / f"{name}_scores.png", scores,
                      f"{name}: {detector.branches} branches, {args.background} RX"
                      + (f", AUC {row['auc']:.4f}" if "auc" in row else ""))
-        write_json(out / "results.json", {"scenes": [row], "config": config, "versions": versions()})
-        if mask is not None:
-            write_text(out / "results.csv", _csv(row))
+        write_json(out / f"{name}_results.json", {"scene": row, "config": config, "versions": versions()})
+        summary = write_scene_results(out, args.save_dir)
     if mask is not None:
         print(f"{name}: AUC {row['auc']:.4f}, AUC(D,tau) {row['auc_dtau']:.4f}, AUC(F,tau) {row['auc_ftau']:.4f}, "
               f"SNPR {row['snpr_db']:.2f} dB, F1 {row['f1']:.4f} ({gt_source})")
+    elif gt is None:
+        print(f"{name}: --gt none: detection only, no metrics")
     else:
-        print(f"{name}: no ground truth (pass --gt MASK for the metrics)")
+        print(f"{name}: no ground truth (no 2-D array of the scene's size in the file; pass --gt MASK for the "
+              "metrics): detection only")
+    if len(summary["scenes"]) > 1:
+        mean, covered = summary["mean_auc"], summary["scenes_covered"]
+        print(f"{args.save_dir}: {len(summary['scenes'])} scenes in results.json; mean AUC {mean:.4f} over "
+              f"{covered} of {len(summary['scenes'])}")
     print(f"{seconds:.2f} s; results written to {args.save_dir}")
     return 0

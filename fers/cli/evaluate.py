@@ -8,14 +8,14 @@ from pathlib import Path
 from ..datasets import HAD100_SENSOR, abu_manifest, had100_manifest
 from ..errors import cli_entry
 from ..evaluation import Detector, evaluate, summary_lines, write_outputs
-from ..io import ensure_writable_dir
+from ..io import check_writable_dir
 from ..utils import REPO_ROOT, default_threads, resolve_device
-from .common import add_model_arguments, check_positive
+from .common import add_layout_argument, add_model_arguments, check_positive, cube_layout
 
 
 def _run(args, scenes, title: str, detect: str = "RX"):
     default_threads()
-    ensure_writable_dir(args.save_dir)
+    check_writable_dir(args.save_dir)
     device = resolve_device(args.device)
     detector = Detector.from_checkpoints(args.checkpoint_dir, args.input_channel, args.branches, device=device,
                                          fusion=args.fusion, rx_precision=args.rx_precision)
@@ -43,6 +43,7 @@ def had100_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_path", default=str(REPO_ROOT / "data" / "HAD100Dataset"),
                         help="HAD100 root with test/<sensor>/*.npy and ground_truth/<sensor>/*.png")
     parser.add_argument("--sensor", default=HAD100_SENSOR)
+    add_layout_argument(parser)
     parser.add_argument("--save_dir", default=None, help="default: results/had100_<C>bands")
     parser.add_argument("--report", action="store_true", help="also write PNG panels and ROC curves")
     return parser
@@ -55,7 +56,7 @@ def had100_main(argv=None):
     check_positive(parser, input_channel=args.input_channel, batch_size=args.batch_size)
     if args.save_dir is None:
         args.save_dir = str(REPO_ROOT / "results" / f"had100_{args.input_channel}bands")
-    scenes = had100_manifest(args.data_path, args.sensor)
+    scenes = had100_manifest(args.data_path, args.sensor, cube_layout(args))
     _run(args, scenes, f"HAD100 {args.sensor}")
     return 0
 
@@ -63,12 +64,15 @@ def had100_main(argv=None):
 def abu_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="FERS_ABU/test.py",
-        description="Evaluate FERS on ABU scenes (.mat files with 'data' and 'map', or the FERS_ABU "
-                    "test/<sensor>/*.npy + ground_truth/<sensor>/*.png layout).")
+        description="Evaluate FERS on ABU scenes (a folder of .mat files with 'data' and 'map', one such "
+                    "file, or the FERS_ABU test/<sensor>/*.npy + ground_truth/<sensor>/*.png layout). A scene "
+                    "file without a ground truth of its size is detected without metrics.")
     add_model_arguments(parser, default_channels=200)
     parser.add_argument("--data_path", default=str(REPO_ROOT / "data" / "ABU"),
-                        help="folder of ABU .mat files, or the FERS_ABU layout (data/prepare_abu.py)")
+                        help="folder of ABU .mat files, one scene file (.mat/.npz/.npy), or the FERS_ABU "
+                             "layout (data/prepare_abu.py)")
     parser.add_argument("--sensor", default=None, help="sensor folder of the FERS_ABU layout (default: all)")
+    add_layout_argument(parser)
     parser.add_argument("--save_dir", default=None, help="default: results/abu_<C>bands_<detect>")
     parser.add_argument("--detect", choices=("RX", "AE"), default="RX",
                         help="RX on the enhanced cube, or a per-scene pixel autoencoder")
@@ -88,6 +92,6 @@ def abu_main(argv=None):
     check_positive(parser, input_channel=args.input_channel, batch_size=args.batch_size, ae_steps=args.ae_steps)
     if args.save_dir is None:
         args.save_dir = str(REPO_ROOT / "results" / f"abu_{args.input_channel}bands_{args.detect}")
-    scenes = abu_manifest(args.data_path, args.sensor)
+    scenes = abu_manifest(args.data_path, args.sensor, cube_layout(args))
     _run(args, scenes, f"ABU {Path(args.data_path).name}", detect=args.detect)
     return 0
