@@ -65,7 +65,7 @@ def abu_parser() -> argparse.ArgumentParser:
         prog="FERS_ABU/test.py",
         description="Evaluate FERS on ABU scenes (.mat files with 'data' and 'map', or the FERS_ABU "
                     "test/<sensor>/*.npy + ground_truth/<sensor>/*.png layout).")
-    add_model_arguments(parser, default_channels=200)
+    add_model_arguments(parser, default_channels=200, abu=True)
     parser.add_argument("--data_path", default=str(REPO_ROOT / "data" / "ABU"),
                         help="folder of ABU .mat files, or the FERS_ABU layout (data/prepare_abu.py)")
     parser.add_argument("--sensor", default=None, help="sensor folder of the FERS_ABU layout (default: all)")
