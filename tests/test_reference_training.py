@@ -15,7 +15,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from conftest import ABU_DIR, needs_abu, run_script
@@ -304,7 +303,8 @@ def test_sampler_of_the_installed_torch_draws_as_assumed():
     assert seed != sampler_seed
     assert sampler == torch.randperm(9, generator=torch.Generator().manual_seed(sampler_seed)).tolist()
     torch.manual_seed(5)
-    assert dataloader_permutation(9).tolist() == torch.randperm(9, generator=torch.Generator().manual_seed(seed)).tolist()
+    expected = torch.randperm(9, generator=torch.Generator().manual_seed(seed)).tolist()
+    assert dataloader_permutation(9).tolist() == expected
 
 
 def test_seeded_order_does_not_touch_the_global_generator():
