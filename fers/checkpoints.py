@@ -19,6 +19,7 @@ import torch
 from .errors import FersError
 from .fen import FEN, REFERENCE_BACKBONE
 from .io import atomic_path
+from .restoration import RestorationNetwork, drop_legacy_attention_biases
 from .spatial_branch import SPATIAL_BACKBONE, SpatialBranch
 
 STAGE1_FILES = ("convh.pt", "enc.pt", "pc.pt")
@@ -130,6 +131,22 @@ def load_spatial_branch(folder, channels: int, map_location="cpu") -> SpatialBra
     branch = SpatialBranch(channels, backbone)
     _load_strict(branch, payload, path)
     return branch.to(map_location).eval()
+
+
+def load_restoration(folder, channels: int, map_location="cpu", log=print) -> RestorationNetwork:
+    """Rebuild the stage-2 restoration network from ``restoration.pt`` (strict). Files written before
+    the channel attention lost the biases the reference does not have still load: those biases are
+    dropped with a note."""
+    path = Path(folder) / RESTORATION_FILE
+    payload = read_checkpoint(path)
+    weight = payload["state_dict"].get("head.weight")
+    if weight is None or weight.ndim != 4:
+        raise FersError(f"{path}: has no 'head.weight'; not a restoration-network checkpoint")
+    _check_channels(path, int(weight.shape[1]), channels)
+    network = RestorationNetwork(channels)
+    payload = {**payload, "state_dict": drop_legacy_attention_biases(payload["state_dict"], log, str(path))}
+    _load_strict(network, payload, path)
+    return network.to(map_location).eval()
 
 
 def atomic_torch_save(path, payload) -> None:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import ARCHITECTURES, layer_channels, make_layer
+from .initialisation import xavier_normal_init
 
 REFERENCE_BACKBONE = "wide_resnet101_2"
 PAD = 4
@@ -36,6 +37,7 @@ class ConvH(nn.Module):
         super().__init__()
         self.pad = pad
         self.convh = nn.Conv2d(channels, 64, 1, bias=False)
+        xavier_normal_init(self.convh)  # reference initialisation (FERD models/resnet.py:44-54)
 
     def forward(self, x):
         if self.pad_after:
@@ -63,7 +65,14 @@ class Layer1Encoder(nn.Module):
 
 
 class PixelClassifier(nn.Module):
-    """Feature projection and pixel-classifier head (``pc.pt``): conv1 in→h, conv2 h→C, conv3 C→1."""
+    """The SFAM pixel classifier (``pc.pt``; FERD ``Pixel_Classifier``): a shared feature projection
+    (conv1 in→h, ReLU, conv2 h→C, ReLU) and the head conv3 C→1, all 1×1 convolutions with bias,
+    initialised by ``xavier_normal_`` with biases 0 (the reference's scheme).
+
+    In training it compares two maps: ``p1 = project(x1)`` (teacher), ``p2 = project(x2)`` (decoder)
+    and classifies ``|p2 − p1|`` (:meth:`difference_logits`); at detection only ``p1`` is used: the
+    FEN's spectral features.
+    """
 
     def __init__(self, in_channels: int, channels: int):
         super().__init__()
@@ -71,13 +80,22 @@ class PixelClassifier(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, hidden, 1)
         self.conv2 = nn.Conv2d(hidden, channels, 1)
         self.conv3 = nn.Conv2d(channels, 1, 1)
+        xavier_normal_init(self.conv1, self.conv2, self.conv3)
 
     def project(self, features):
         """Spectral features ``(N, C, H, W)`` from backbone features ``(N, in, H, W)``."""
         return F.relu(self.conv2(F.relu(self.conv1(features), inplace=True)), inplace=True)
 
+    def difference_logits(self, teacher_features, decoder_features):
+        """``(conv3(|p2 − p1|), p1)``: the classifier's logits ``(N, 1, H, W)`` on the absolute
+        difference of the two projections, and the teacher's projection ``p1`` ``(N, C, H, W)``
+        (the reference's forward returns ``sigmoid`` of these logits and ``p1``)."""
+        p1 = self.project(teacher_features)
+        p2 = self.project(decoder_features)
+        return self.conv3((p2 - p1).abs()), p1
+
     def forward(self, features):
-        """Per-pixel logits ``(N, 1, H, W)``."""
+        """Per-pixel logits ``(N, 1, H, W)`` of one map: ``conv3(project(features))``."""
         return self.conv3(self.project(features))
 
 

@@ -31,11 +31,12 @@ def distillation_loss(teacher: list, student: list) -> torch.Tensor:
 
 
 def pixel_classifier_bce(logits: torch.Tensor, bce_input: str = "logits") -> torch.Tensor:
-    """BCE of the SFAM classifier output ``(N, 1, H, W)`` against the normal label 0.
+    """BCE of the SFAM classifier ``conv3(|p2 − p1|)`` ``(N, 1, H, W)`` against the normal label 0.
 
     ``logits`` (default): the logits go into ``binary_cross_entropy_with_logits`` (a correct BCE).
-    ``sigmoid``: the reference's variant, a sigmoid output fed into the with-logits BCE
-    (it can never go below log 2 and its gradient vanishes for confident pixels).
+    ``sigmoid``: the reference's form (FERD ``train.py:160-171``), the classifier's sigmoid output
+    fed into the with-logits BCE: ``BCEWithLogits(sigmoid(conv3(|p2 − p1|)), 0)``; it can never go
+    below log 2 and its gradient vanishes for confident pixels.
     """
     if bce_input not in BCE_INPUTS:
         raise ValueError(f"bce_input must be one of {BCE_INPUTS}, got {bce_input!r}")
@@ -44,14 +45,14 @@ def pixel_classifier_bce(logits: torch.Tensor, bce_input: str = "logits") -> tor
 
 
 def stage1_loss(x: torch.Tensor, outputs: dict, bce_input: str = "logits", weights: dict = STAGE1_WEIGHTS):
-    """``0.1·BCE(classifier, 0) + 0.1·MSE(x, reconstruction) + 1.0·distillation``.
+    """``0.1·BCE(conv3(|p2 − p1|), 0) + 0.1·MSE(x, reconstruction) + 1.0·distillation``.
 
     ``x``: cubes ``(N, C, H, W)``; ``outputs``: :meth:`fers.reverse_distillation.FERDNetwork.forward`.
-    The BCE is the mean over the classifier on the teacher's and on the decoder's features.
+    One classifier term on the absolute difference of the teacher's and the decoder's projections,
+    as the reference (FERD ``train.py:160-171``).
     """
     terms = {
-        "bce": 0.5 * (pixel_classifier_bce(outputs["teacher_logits"], bce_input)
-                      + pixel_classifier_bce(outputs["student_logits"], bce_input)),
+        "bce": pixel_classifier_bce(outputs["classifier_logits"], bce_input),
         "mse": F.mse_loss(outputs["reconstruction"], x),
         "distillation": distillation_loss(outputs["teacher"], outputs["student"]),
     }
@@ -68,13 +69,14 @@ def _channels_by_samples(features: torch.Tensor) -> torch.Tensor:
 
 
 def cross_covariance_loss(spectral: torch.Tensor, spatial: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Decorrelation of the two branches: each channel is standardised over batch and pixels
-    (mean 0, population standard deviation 1), then the ``C×C`` cross-correlation
-    ``Z_speᵀ Z_spa / M`` (M = N·H·W) is squared and summed."""
+    """Decorrelation of the two branches (FERS ``losses/losses.py:6-30``): each channel is centred
+    by its mean over batch and pixels and divided by its **unbiased** (n − 1) standard deviation
+    over batch and pixels plus ``eps``; the ``C×C`` cross-covariance ``Z_speᵀ Z_spa / M``
+    (M = N·H·W) is squared and summed."""
     a = _channels_by_samples(spectral)
     b = _channels_by_samples(spatial)
-    a = (a - a.mean(1, keepdim=True)) / (a.std(1, unbiased=False, keepdim=True) + eps)
-    b = (b - b.mean(1, keepdim=True)) / (b.std(1, unbiased=False, keepdim=True) + eps)
+    a = (a - a.mean(1, keepdim=True)) / (a.std(1, keepdim=True) + eps)
+    b = (b - b.mean(1, keepdim=True)) / (b.std(1, keepdim=True) + eps)
     correlation = a @ b.T / a.shape[1]
     return correlation.square().sum()
 
@@ -86,8 +88,11 @@ def cosine_term(spectral: torch.Tensor, spatial: torch.Tensor) -> torch.Tensor:
 
 def variance_preservation_loss(spatial: torch.Tensor) -> torch.Tensor:
     """``mean_c ReLU(1 − var_c) + mean |spa|``: keeps every channel of the spatial features alive
-    (variance over batch and pixels, unbiased) while keeping them small on average."""
-    variance = _channels_by_samples(spatial).var(1)
+    while keeping them small on average. ``var_c`` is the unbiased variance over **each sample's
+    pixels**, averaged over the batch (FERS ``losses/losses.py:33-41``:
+    ``x.view(N, C, −1).var(dim=2).mean(dim=0)``)."""
+    n, c = spatial.shape[:2]
+    variance = spatial.reshape(n, c, -1).var(2).mean(0)
     return F.relu(1.0 - variance).mean() + spatial.abs().mean()
 
 

@@ -4,8 +4,10 @@ Teacher: ConvH → layers 1-3 of an ImageNet ResNet (frozen, eval mode). Student
 bottleneck that fuses the three teacher scales, then a decoder of transposed-conv ResNet
 blocks that rebuilds the three scales (Deng & Li, "Anomaly Detection via Reverse Distillation
 from One-Class Embedding", CVPR 2022). FERD adds a reconstruction head (decoder features →
-cube) and the SFAM pixel classifier applied to the teacher's and the decoder's
-full-resolution features. After training it is pruned to the :class:`~fers.fen.FEN`.
+cube, a 1×1 convolution without bias as released) and the SFAM pixel classifier, which classifies
+the absolute difference of the projections of the teacher's and the decoder's full-resolution
+features (FERD ``Pixel_Classifier``). After training it is pruned to the :class:`~fers.fen.FEN`.
+Every trained module carries the reference's initialisation (:mod:`fers.initialisation`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 
 from .backbones import ARCHITECTURES, BasicBlock, Bottleneck, conv1x1, conv3x3, make_layer
 from .fen import FEN, REFERENCE_BACKBONE
+from .initialisation import kaiming_fan_out_init, xavier_normal_init
 
 
 def deconv2x2(in_planes: int, out_planes: int) -> nn.ConvTranspose2d:
@@ -96,6 +99,7 @@ class OneClassBottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(256 * e)
         self.relu = nn.ReLU(inplace=True)
         self.bn_layer, self.out_channels = make_layer(block, 256 * e * 3, 512, 3, 2, base_width)
+        kaiming_fan_out_init(self)  # reference initialisation (FERD models/resnet.py:469-474)
 
     def forward(self, features):
         scale1 = self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(features[0]))))))
@@ -115,6 +119,7 @@ class Decoder(nn.Module):
         self.layer1, inplanes = make_decoder_layer(deblock, inplanes, 256, blocks[0], base_width)
         self.layer2, inplanes = make_decoder_layer(deblock, inplanes, 128, blocks[1], base_width)
         self.layer3, inplanes = make_decoder_layer(deblock, inplanes, 64, blocks[2], base_width)
+        kaiming_fan_out_init(self)  # reference initialisation (FERD models/de_resnet.py:216-221)
 
     def forward(self, x, sizes=None):
         """``sizes``: the teacher's (fine, middle, coarse) spatial sizes; each stage's output is
@@ -133,8 +138,10 @@ class FERDNetwork(nn.Module):
     """Stage-1 training network on cubes ``(N, C, H, W)`` (training crops are multiples of 8).
 
     ``forward`` returns a dict: ``teacher`` and ``student`` (lists of three ``(N, c_s, h_s, w_s)``
-    maps, fine → coarse), ``reconstruction`` ``(N, C, H, W)``, ``teacher_logits`` and
-    ``student_logits`` ``(N, 1, H, W)`` (the SFAM classifier on both full-resolution maps).
+    maps, fine → coarse), ``reconstruction`` ``(N, C, H, W)``, ``classifier_logits``
+    ``(N, 1, H, W)`` = ``conv3(|p2 − p1|)`` and ``projection`` = ``p1`` ``(N, C, H, W)``, with p1, p2
+    the classifier's projections of the cropped teacher and decoder full-resolution maps (FERD
+    ``Pixel_Classifier``; the reference's ``out`` is the sigmoid of these logits).
     """
 
     def __init__(self, channels: int, backbone: str = REFERENCE_BACKBONE):
@@ -148,7 +155,9 @@ class FERDNetwork(nn.Module):
         self.layer3, _ = make_layer(block, inplanes, 256, blocks[2], 2, base_width)
         self.bottleneck = OneClassBottleneck(backbone)
         self.decoder = Decoder(backbone)
-        self.reconstruction_head = nn.Conv2d(self.fen.encoder.out_channels, channels, 1)
+        # de_ConvH of the reference: no bias (FERD models/de_resnet.py:30-43), xavier_normal_
+        self.reconstruction_head = nn.Conv2d(self.fen.encoder.out_channels, channels, 1, bias=False)
+        xavier_normal_init(self.reconstruction_head)
 
     def frozen_modules(self):
         """The ImageNet teacher: layers 1-3 (ConvH is trained)."""
@@ -189,11 +198,11 @@ class FERDNetwork(nn.Module):
         teacher = [f1, f2, f3]
         student = self.decoder(self.bottleneck(teacher), [t.shape[-2:] for t in teacher])
         crop = (slice(None), slice(None), slice(pad, -pad), slice(pad, -pad))
-        classifier = self.fen.classifier
+        logits, projection = self.fen.classifier.difference_logits(f1[crop], student[0][crop])
         return {
             "teacher": teacher,
             "student": student,
             "reconstruction": self.reconstruction_head(student[0])[crop],
-            "teacher_logits": classifier(f1[crop]),
-            "student_logits": classifier(student[0][crop]),
+            "classifier_logits": logits,
+            "projection": projection,
         }

@@ -4,7 +4,8 @@ Conv2RGB (1×1 C→256, ReLU, 1×1 256→3, sigmoid) compresses the spectrum to 
 image; a frozen ImageNet ResNet-34 (conv1 … layer3) extracts spatial features; a light
 spatial pyramid pooling (average pools to 1, 2 and 4 cells, bilinear back to the input
 size, 768 → 128 → C) and squeeze-and-excitation (reduction 8) give the spatial features
-``(N, C, H, W)``. Parameter names follow the reference ``spa_fen.pt``.
+``(N, C, H, W)``. Parameter names follow the reference ``spa_fen.pt``; Conv2RGB and the pyramid
+pooling (with its SE) carry the reference's initialisation (FERS ``models/spa_branch.py:9-51``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import ResNet
+from .initialisation import uniform_init
 
 SPATIAL_BACKBONE = "resnet34"
 PYRAMID_SIZES = (1, 2, 4)
@@ -26,6 +28,7 @@ class Conv2RGB(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, hidden, 1)
         self.hidden = nn.Conv2d(hidden, 3, 1)
+        uniform_init(self)
 
     def forward(self, x):
         return torch.sigmoid(self.hidden(F.relu(self.conv(x), inplace=True)))
@@ -64,6 +67,7 @@ class LightSPP(nn.Module):
                                   nn.Conv2d(128, channels, 1, bias=False),
                                   nn.ReLU(inplace=True))
         self.se = SqueezeExcitation(channels, reduction)
+        uniform_init(self)
 
     def prepare_inference(self):
         self.factored = True

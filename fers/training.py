@@ -15,7 +15,9 @@ owns a folder::
 
 Model selection: ``last`` (default) exports the final epoch; ``val_loss`` the epoch with the lowest
 loss on held-out training crops; ``test_auc`` (``--select_on_test``) the epoch with the best mean
-AUC on the HAD100 test set, as the reference does (selection on test labels, recorded as such).
+AUC on the HAD100 test set, as the reference does (selection on test labels, recorded as such),
+with the reference's metric (:mod:`fers.selection`). ``--protocol reference`` turns on every
+reference behaviour at once (:mod:`fers.reference`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from .errors import FersError
 from .fen import FEN
 from .io import OutputFolder, ensure_writable_dir, sha256_file, write_json, write_text
 from .losses import BCE_INPUTS, STAGE1_WEIGHTS, STAGE2_WEIGHTS, stage1_loss, stage2_loss
+from .reference import check_run_state_layout, end_of_epoch_draws, epoch_permutation
 from .restoration import RestorationNetwork
 from .reverse_distillation import FERDNetwork
 from .spatial_branch import SPATIAL_BACKBONE, SpatialBranch
@@ -494,6 +497,8 @@ class TrainingOptions:
     val_fraction: float = 0.1
     log_test_auc: bool = False
     progress: bool = True
+    data_order: str = "seeded"  # seeded | reference (the reference's shuffling DataLoader)
+    protocol: dict | None = None  # resolved settings (fers.reference.resolve_protocol), recorded
 
 
 def _batches(indices: np.ndarray, batch_size: int, world_size: int):
@@ -518,13 +523,11 @@ def _mean_loss(stage, crops: torch.Tensor, indices: np.ndarray, batch_size: int,
     return total / count
 
 
-def _test_auc(stage, test_scenes, channels: int, device) -> float:
-    from .evaluation import Detector, evaluate
-
+def _test_auc(stage, test_set, device) -> float:
+    """The reference's selection metric on the test set loaded once (:class:`fers.selection.TestSelectionSet`)."""
     stage.eval_mode()
-    detector = Detector(channels, device=device, **stage.detector_modules())
-    evaluation = evaluate(detector, test_scenes, band_policy="first", progress=False, log=lambda *a: None)
-    return float(evaluation.mean_auc[0])
+    modules = stage.detector_modules()
+    return float(test_set.mean_auc(stage.name, modules["fen"], modules["spatial"], device))
 
 
 def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Distributed,
@@ -550,6 +553,7 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
     start_epoch, history, best = 0, [], None
     frozen_sha256 = state.get("frozen_sha256") if state is not None else None
     if state is not None:
+        check_run_state_layout(state)
         frozen = load_frozen(run_dir, frozen_sha256) if frozen_sha256 else {}
         for name, module in stage.modules().items():  # older state files hold every entry
             module.load_state_dict({**frozen.get(name, {}), **state["modules"][name]})
@@ -573,7 +577,7 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
         for epoch in range(start_epoch, options.epochs):
             tick = time.perf_counter()
             stage.train_mode()
-            permutation = train_indices[torch.randperm(len(train_indices), generator=order).numpy()]
+            permutation = train_indices[epoch_permutation(options.data_order, len(train_indices), order)]
             sums = {name: 0.0 for name in ("loss", *stage.weights)}
             seen = 0
             for batch in _batches(permutation, options.batch_size, dist.world_size):
@@ -594,12 +598,13 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
             totals = dist.all_sum([*sums.values(), float(seen)])
             record = {"epoch": epoch + 1, **{k: v / totals[-1] for k, v in zip(sums, totals)},
                       "seconds": time.perf_counter() - tick}
+            end_of_epoch_draws(options.data_order)  # the reference's per-epoch test loader (every process)
             if dist.is_main:
                 metric = None
                 if options.selection == "val_loss":
                     record["val_loss"] = metric = _mean_loss(stage, crops, held_out, options.batch_size, device)
                 if options.selection == "test_auc" or options.log_test_auc:
-                    record["test_auc"] = _test_auc(stage, test_scenes, stage.channels, device)
+                    record["test_auc"] = _test_auc(stage, test_scenes, device)
                     if options.selection == "test_auc":
                         metric = -record["test_auc"]
                 # a non-finite metric (a diverged epoch) is never selected
@@ -641,7 +646,7 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
             info = {"stage": stage.name, "run_dir": str(run_dir), "epoch": summary["selected_epoch"],
                     "epochs": options.epochs, "selection": options.selection,
                     "selection_uses_test_labels": options.selection == "test_auc", "seed": options.seed,
-                    **stage.describe()}
+                    "data_order": options.data_order, "protocol": options.protocol, **stage.describe()}
             summary["checkpoint_folder"] = str(stage.export(checkpoint_dir, info))
     dist.barrier()
     return summary
@@ -661,6 +666,8 @@ def run_config(stage, args: dict, data: TrainingData, options: TrainingOptions, 
         "seed": options.seed,
         "selection": options.selection,
         "selection_uses_test_labels": options.selection == "test_auc",
+        "data_order": options.data_order,
+        "protocol": options.protocol,
         "optimizer": {"name": "Adam", "lr": options.lr, "betas": list(options.betas)},
         "loss_weights": stage.weights,
         "network": stage.describe(),

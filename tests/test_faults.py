@@ -102,7 +102,9 @@ def test_sigterm_and_sigint_stop_resumably_and_resume_bitwise(tmp_path, scene_fo
             assert [r[key] for r in logs[0]] == [r[key] for r in logs[1]], key
 
     config = json.loads((runs["full"][0] / "config.json").read_text())
-    assert config["seed"] == 0 and config["args"]["seed"] == 0 and config["stage"] == "stage1"
+    # args record what was given (no --seed); the resolved seed and protocol settings are recorded beside them
+    assert config["seed"] == 0 and config["args"]["seed"] is None and config["stage"] == "stage1"
+    assert config["protocol"]["protocol"] == "default" and config["protocol"]["seed_source"] == "default"
     assert config["args"]["epochs"] == EPOCHS and config["args"]["input_channel"] == 50
     assert {"fers", "python", "torch", "numpy", "platform"} <= set(config["versions"])
     assert config["versions"]["torch"] == torch.__version__ and config["versions"]["numpy"] == np.__version__

@@ -15,11 +15,12 @@ from fers.training import REFERENCE
 
 
 def _numpy_cross_covariance(a: np.ndarray, b: np.ndarray) -> float:
-    """Standardise each channel over (N, H, W), population std; sum of squared C×C correlation."""
+    """Standardise each channel over (N, H, W) by the unbiased std + 1e-6 (the reference, D3); sum of
+    squared C×C cross-covariance."""
     a2 = np.moveaxis(a, 1, 0).reshape(a.shape[1], -1).astype(np.float64)
     b2 = np.moveaxis(b, 1, 0).reshape(b.shape[1], -1).astype(np.float64)
-    za = (a2 - a2.mean(1, keepdims=True)) / a2.std(1, keepdims=True)
-    zb = (b2 - b2.mean(1, keepdims=True)) / b2.std(1, keepdims=True)
+    za = (a2 - a2.mean(1, keepdims=True)) / (a2.std(1, ddof=1, keepdims=True) + 1e-6)
+    zb = (b2 - b2.mean(1, keepdims=True)) / (b2.std(1, ddof=1, keepdims=True) + 1e-6)
     correlation = np.einsum("im,jm->ij", za, zb) / a2.shape[1]
     return float((correlation ** 2).sum())
 
@@ -33,11 +34,12 @@ def test_cross_covariance_matches_numpy():
 
 
 def test_cross_covariance_of_identical_features_counts_each_channel_once():
-    # Independent channels: the correlation of x with itself is the identity → sum of squares = C.
-    x = torch.zeros(1, 2, 2, 2)
+    # Independent channels of 4 values ±1: unbiased variance 4/3, so each diagonal entry of the
+    # cross-covariance is mean(x²)/(4/3) = 3/4 and the off-diagonal ones 0 → 2·(3/4)².
+    x = torch.zeros(1, 2, 2, 2, dtype=torch.float64)
     x[0, 0] = torch.tensor([[1.0, -1.0], [1.0, -1.0]])
     x[0, 1] = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])
-    np.testing.assert_allclose(losses.cross_covariance_loss(x, x).item(), 2.0, rtol=1e-5)
+    np.testing.assert_allclose(losses.cross_covariance_loss(x, x).item(), 2 * 0.75 ** 2, rtol=1e-5)
 
 
 def test_cosine_term_on_hand_made_tensors():
@@ -53,11 +55,13 @@ def test_cosine_term_on_hand_made_tensors():
 
 
 def test_variance_preservation_on_hand_made_tensor():
-    # (N=2, C=2, H=1, W=2). Channel 0 over (N, H, W): 0, 0, 2, 2 → unbiased variance 4/3 → ReLU(1 − 4/3) = 0.
-    # Channel 1: constant 0.5 → variance 0 → ReLU(1) = 1. Mean over channels 0.5; mean |spa| = 6/8.
-    spatial = torch.tensor([[[[0.0, 0.0]], [[0.5, 0.5]]],
-                            [[[2.0, 2.0]], [[0.5, 0.5]]]])
-    np.testing.assert_allclose(losses.variance_preservation_loss(spatial).item(), 0.5 + 0.75, rtol=1e-6)
+    # (N=2, C=2, H=1, W=2); variance over each sample's pixels (unbiased), then the batch mean (D4).
+    # Channel 0: sample 0 (0, 2) → 2, sample 1 (1, 1) → 0; mean 1 → ReLU(1 − 1) = 0.
+    # Channel 1: sample 0 (0.5, 0.5) → 0, sample 1 (0, 1) → 0.5; mean 0.25 → ReLU(0.75) = 0.75.
+    # Mean over channels 0.375; mean |spa| = 6/8.
+    spatial = torch.tensor([[[[0.0, 2.0]], [[0.5, 0.5]]],
+                            [[[1.0, 1.0]], [[0.0, 1.0]]]])
+    np.testing.assert_allclose(losses.variance_preservation_loss(spatial).item(), 0.375 + 0.75, rtol=1e-6)
 
 
 def _numpy_ssim(x: np.ndarray, y: np.ndarray, size: int = 5, sigma: float = 1.5, max_val: float = 1.0,
@@ -110,7 +114,7 @@ def _stage1_outputs(logit: float):
                torch.tensor([[6.0, 8.0], [-1.0, 0.0]]).view(2, 2, 1, 1)]
     logits = torch.full((2, 1, 2, 2), logit)
     return {"teacher": teacher, "student": student, "reconstruction": torch.full((2, 3, 2, 2), 0.5),
-            "teacher_logits": logits, "student_logits": logits}
+            "classifier_logits": logits}
 
 
 def test_stage1_terms_against_hand_computed_values():
@@ -155,5 +159,9 @@ def test_reference_hyper_parameters_are_pinned():
 
     args = main_parser().parse_args([])
     assert (args.lr, args.batch_size, args.epochs, args.img_size) == (0.005, 16, 60, 64)
-    assert (args.stage, args.backbone, args.bce_input, args.spatial_bn, args.selection) == (
-        "2", "wide_resnet101_2", "logits", "eval", "last")
+    assert (args.stage, args.backbone, args.protocol) == ("2", "wide_resnet101_2", "default")
+    from fers.cli.train import protocol_settings
+
+    stage1, stage2 = protocol_settings("stage1", args), protocol_settings("stage2", args)
+    assert (stage1["bce_input"], stage2["spatial_bn"], stage1["selection"], stage1["seed"]) == (
+        "logits", "eval", "last", 0)

@@ -64,7 +64,8 @@ def test_ferd_network_reference_shapes(size):
         assert teacher.shape == (1, channels, side, side)
         assert student.shape == teacher.shape
     assert out["reconstruction"].shape == (1, 50, size, size)
-    assert out["teacher_logits"].shape == out["student_logits"].shape == (1, 1, size, size)
+    assert out["classifier_logits"].shape == (1, 1, size, size)  # one map: conv3(|p2 − p1|)
+    assert out["projection"].shape == (1, 50, size, size)
 
 
 @pytest.mark.parametrize("channels", [50, 100, 200])

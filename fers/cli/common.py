@@ -10,18 +10,29 @@ from ..preprocessing import BAND_POLICIES
 from ..utils import DEVICES, REPO_ROOT
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, default_channels: int) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, default_channels: int, abu: bool = False) -> None:
+    """``abu``: the scoring defaults of the reference FERS_ABU (float64 RX of x + spa + spe at every
+    band count); otherwise the HAD100 rule of the reference ``test.py``."""
     parser.add_argument("--input_channel", type=int, default=default_channels,
                         help="bands the model takes (50, 100 or 200 for the released models)")
     parser.add_argument("--checkpoint_dir", default=str(REPO_ROOT / "checkpoints"),
                         help="parent folder; files are read from <checkpoint_dir>/<C>bands/")
     parser.add_argument("--branches", choices=detectors.BRANCHES, default="both",
                         help="both = FERS; spectral = FERD only (needs only convh/enc/pc.pt); spatial = spatial only")
-    parser.add_argument("--fusion", choices=detectors.FUSIONS, default="auto",
-                        help="auto = reference rule: product of branch maps for <=50 bands, sum above")
-    parser.add_argument("--rx_precision", choices=detectors.RX_PRECISIONS, default="reference",
-                        help="reference = float32 pinv path for <=50 bands and float64 above (reproduces the "
-                             "paper); float64 = numerically sound everywhere; float32 = float32 everywhere")
+    if abu:
+        parser.add_argument("--fusion", choices=detectors.FUSIONS, default="sum",
+                            help="sum (default, the reference FERS_ABU at every band count): RX(x + spa + spe); "
+                                 "auto = test.py's HAD100 rule (product of branch maps for <=50 bands, sum above)")
+        parser.add_argument("--rx_precision", choices=detectors.RX_PRECISIONS, default="float64",
+                            help="float64 (default, the reference FERS_ABU at every band count); reference = "
+                                 "test.py's HAD100 rule (float32 pinv path for <=50 bands, float64 above); "
+                                 "float32 everywhere")
+    else:
+        parser.add_argument("--fusion", choices=detectors.FUSIONS, default="auto",
+                            help="auto = reference rule: product of branch maps for <=50 bands, sum above")
+        parser.add_argument("--rx_precision", choices=detectors.RX_PRECISIONS, default="reference",
+                            help="reference = float32 pinv path for <=50 bands and float64 above (reproduces the "
+                                 "paper); float64 = numerically sound everywhere; float32 = float32 everywhere")
     parser.add_argument("--band_policy", choices=BAND_POLICIES, default="interp",
                         help="first C bands; interp = first C if enough, else linear interpolation to C; "
                              "error = the scene must have exactly C bands")

@@ -67,7 +67,7 @@ def abu_parser() -> argparse.ArgumentParser:
         description="Evaluate FERS on ABU scenes (a folder of .mat files with 'data' and 'map', one such "
                     "file, or the FERS_ABU test/<sensor>/*.npy + ground_truth/<sensor>/*.png layout). A scene "
                     "file without a ground truth of its size is detected without metrics.")
-    add_model_arguments(parser, default_channels=200)
+    add_model_arguments(parser, default_channels=200, abu=True)
     parser.add_argument("--data_path", default=str(REPO_ROOT / "data" / "ABU"),
                         help="folder of ABU .mat files, one scene file (.mat/.npz/.npy), or the FERS_ABU "
                              "layout (data/prepare_abu.py)")

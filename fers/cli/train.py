@@ -16,12 +16,14 @@ from ..errors import FersError, cli_entry
 from ..fen import FEN, REFERENCE_BACKBONE
 from ..io import ensure_writable_dir
 from ..losses import BCE_INPUTS
+from ..reference import DATA_ORDERS, PROTOCOLS, REFERENCE_TEST_SENSOR, resolve_protocol, seed_run
+from ..selection import TestSelectionSet
 from ..training import (REFERENCE, SELECTIONS, SPATIAL_BN_MODES, Stage1, Stage2, TrainingInterrupted,
                         TrainingOptions, default_run_dir, fit, load_run_state, load_stage1_for_stage2,
                         prepare_run_dir, read_run_config, run_config, setup_distributed, shutdown_distributed,
                         write_run_config)
 from ..training_data import CROP_MODES, HAD100_TRAIN_SENSORS, load_training_data
-from ..utils import DEVICES, REPO_ROOT, default_threads, seed_everything
+from ..utils import DEVICES, REPO_ROOT, default_threads
 from .common import check_positive
 
 STAGES = {"1": "stage1", "2": "stage2"}
@@ -54,14 +56,25 @@ def add_training_arguments(parser: argparse.ArgumentParser, stages: tuple) -> No
         help="crop size, a multiple of 8 (reference: %(default)s)")
     add("--lr", type=float, default=REFERENCE["lr"],
         help=f"Adam learning rate (reference: %(default)s, betas {REFERENCE['betas']})")
-    add("--seed", type=int, default=0, help="seed of initialisation, crops and data order (default %(default)s)")
+    add("--protocol", choices=PROTOCOLS, default="default",
+        help="reference: every behaviour of the reference release at once (sigmoid BCE input, ResNet-34 BN in "
+             "train mode, selection on the test AUC, the reference's seeds and data order); a flag given "
+             "explicitly still wins. default: this project's defaults (see docs/training.md). Recorded in "
+             "config.json and the checkpoints")
+    add("--seed", type=int, default=None,
+        help="seed of initialisation, crops and data order (default 0; --protocol reference: the reference's "
+             "seeds, 10 for stage 1 and 370/810/820/850 for stage 2 by band count and sensor)")
+    add("--data_order", choices=DATA_ORDERS, default=None,
+        help="seeded: each epoch's order from a generator of its own, seeded by --seed (default); reference: "
+             "the order of the reference's DataLoader(shuffle=True), drawn from the global torch generator "
+             "(default with --protocol reference)")
     if "stage1" in stages:
         add("--backbone", choices=sorted(ARCHITECTURES), default=REFERENCE_BACKBONE,
             help="stage-1 ImageNet teacher (reference: %(default)s; resnet18 or wide_resnet50_2 for quick CPU "
                  "runs); the FEN records it so test.py rebuilds the same network")
-        add("--bce_input", choices=BCE_INPUTS, default="logits",
-            help="logits (default): classifier logits into BCE-with-logits; sigmoid: the reference's sigmoid "
-                 "output fed into BCE-with-logits")
+        add("--bce_input", choices=BCE_INPUTS, default=None,
+            help="logits (default): the classifier's logits conv3(|p2 - p1|) into BCE-with-logits; sigmoid: the "
+                 "reference's sigmoid output fed into BCE-with-logits (default with --protocol reference)")
     add("--backbone_weights", default=None,
         help="ImageNet weights: torchvision's .pth file, or a folder holding it (use a folder for --stage all, "
              "which needs the teacher's and ResNet-34's files); default: $FERS_WEIGHTS_DIR, the torch.hub "
@@ -69,16 +82,17 @@ def add_training_arguments(parser: argparse.ArgumentParser, stages: tuple) -> No
     add("--no_pretrained", action="store_true",
         help="train from RANDOMLY initialised backbones (no ImageNet weights): for tests and offline trials only")
     if "stage2" in stages:
-        add("--spatial_bn", choices=SPATIAL_BN_MODES, default="eval",
+        add("--spatial_bn", choices=SPATIAL_BN_MODES, default=None,
             help="eval (default): the frozen ResNet-34 keeps its ImageNet BatchNorm statistics; train: the "
-                 "reference, whose statistics drift with the training data")
+                 "reference, whose statistics drift with the training data (default with --protocol reference)")
     add("--crop", choices=CROP_MODES, default="tile",
         help="tile (default): non-overlapping img_size tiles of every scene (the whole scene for 64×64 HAD100 "
              "cubes); random: crops at seeded random positions")
     add("--crops_per_scene", type=int, default=None,
         help="crops per scene with --crop random (default: as many as tiles fit)")
-    add("--selection", choices=SELECTIONS, default="last",
-        help="label-free model selection: last epoch (default) or lowest loss on held-out training crops")
+    add("--selection", choices=SELECTIONS, default=None,
+        help="label-free model selection: last epoch (default) or lowest loss on held-out training crops "
+             "(--protocol reference selects on the test AUC unless this is given)")
     add("--val_fraction", type=float, default=0.1,
         help="share of training crops held out for --selection val_loss (default %(default)s)")
     add("--select_on_test", action="store_true",
@@ -86,6 +100,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, stages: tuple) -> No
              "(uses test labels; recorded in config.json, log.jsonl and the checkpoints)")
     add("--log_test_auc", action="store_true",
         help="log the HAD100 test-set mean AUC every epoch without selecting on it")
+    add("--test_sensor", default=REFERENCE_TEST_SENSOR,
+        help="HAD100 test folder test/<test_sensor> of --select_on_test / --log_test_auc (default %(default)s, "
+             "as the reference, also when training on --sensor aviris)")
     add("--run_dir", default=None, help="run folder (default: runs/<stage>_<C>bands_<time>/)")
     add("--resume", default=None, metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its last completed epoch with its recorded settings; "
@@ -107,11 +124,21 @@ def _check(parser, args) -> None:
         parser.error("--val_fraction must be between 0 and 1")
 
 
-def _options(args) -> TrainingOptions:
+def _options(args, settings: dict) -> TrainingOptions:
     return TrainingOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, betas=REFERENCE["betas"],
-                           seed=args.seed, selection="test_auc" if args.select_on_test else args.selection,
+                           seed=settings["seed"], selection=settings["selection"],
                            val_fraction=args.val_fraction, log_test_auc=args.log_test_auc,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, data_order=settings["data_order"], protocol=settings)
+
+
+def protocol_settings(stage_name: str, args) -> dict:
+    """The settings of one stage from its flags and ``--protocol`` (explicit flags win); older run
+    configurations without the newer flags resolve as they trained."""
+    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    return resolve_protocol(stage_name, get("protocol", "default"), args.input_channel, args.sensor,
+                            seed=get("seed"), bce_input=get("bce_input"), spatial_bn=get("spatial_bn"),
+                            selection=get("selection"), select_on_test=get("select_on_test", False),
+                            data_order=get("data_order"), test_sensor=get("test_sensor"))
 
 
 def _agreed_run_dir(dist, path) -> Path:
@@ -150,6 +177,10 @@ def _recorded_cwd(recorded: dict, run_dir: Path) -> str:
     return os.getcwd()
 
 
+# Flags recorded as None when not given, resolved by --protocol (fers.reference.resolve_protocol).
+PROTOCOL_RESOLVED = ("seed", "bce_input", "spatial_bn", "selection", "data_order", "test_sensor")
+
+
 def resume_settings(recorded: dict, args, given: set, run_dir: Path):
     """The arguments of a resumed run: the recorded ones (relative paths of older runs resolved against
     the run's working folder) with this command line's :data:`RESUME_FREE` flags, and the checked
@@ -166,6 +197,10 @@ def resume_settings(recorded: dict, args, given: set, run_dir: Path):
         new = _absolute(getattr(args, flag)) if flag in PATH_FLAGS else getattr(args, flag)
         missing = not hasattr(resumed, flag)
         old = getattr(resumed, flag, None)
+        if old is None and flag in PROTOCOL_RESOLVED:  # not given then: compare with what the protocol chose
+            old = (recorded.get("protocol") or {}).get(flag, recorded.get(flag))
+            if new == old:
+                continue
         if flag == "run_dir":
             if new not in (old, str(run_dir)):
                 raise FersError(f"--run_dir {new}: --resume continues the run in its own folder {run_dir}; "
@@ -205,7 +240,8 @@ def train_stage(stage_name: str, args, dist, resume_dir=None, recorded: dict | N
     the honoured ``changes`` from :func:`resume_settings`)."""
     fresh = resume_dir is None
     channels = args.input_channel
-    seed_everything(args.seed)
+    settings = protocol_settings(stage_name, args)
+    seed_run(settings)
     state = None if fresh else load_run_state(resume_dir)  # None: killed before its first epoch ended
     if state is not None and args.epochs < state["epoch"]:
         raise FersError(f"--epochs {args.epochs}: the run in {resume_dir} has already completed {state['epoch']} "
@@ -216,7 +252,7 @@ def train_stage(stage_name: str, args, dist, resume_dir=None, recorded: dict | N
         fen = (FEN(channels, recorded["network"]["fen_backbone"]) if restored
                else load_stage1_for_stage2(args.checkpoint_dir, channels))
     data = load_training_data(args.data_path, channels, args.img_size, args.sensor, args.crop,
-                              args.crops_per_scene, args.seed, args.workers)
+                              args.crops_per_scene, settings["seed"], args.workers)
     if not fresh and data.manifest != recorded["data"]["manifest"]:
         difference = _manifest_difference(recorded["data"]["manifest"], data.manifest)
         if "data_path" in (changes or {}):
@@ -224,15 +260,16 @@ def train_stage(stage_name: str, args, dist, resume_dir=None, recorded: dict | N
                             f"({difference}); pass the folder with the recorded files, or start a new run")
         raise FersError(f"{args.data_path}: the training data changed since the run in {resume_dir} began "
                         f"(files or SHA-256 differ from its config.json; {difference}); restore them or start a new run")
-    options = _options(args)
-    test_scenes = (had100_manifest(args.data_path, args.sensor)
-                   if options.selection == "test_auc" or options.log_test_auc else None)
+    options = _options(args, settings)
+    test_set = None
+    if options.selection == "test_auc" or options.log_test_auc:  # read and validated once per run
+        test_set = TestSelectionSet(had100_manifest(args.data_path, settings["test_sensor"]), channels)
     pretrained = not args.no_pretrained
     if stage_name == "stage1":
-        stage = Stage1(channels, args.backbone, dist.device, args.bce_input, args.backbone_weights, pretrained,
-                       load_backbone=not restored)
+        stage = Stage1(channels, args.backbone, dist.device, settings["bce_input"], args.backbone_weights,
+                       pretrained, load_backbone=not restored)
     else:
-        stage = Stage2(channels, fen, dist.device, args.spatial_bn, args.backbone_weights, pretrained,
+        stage = Stage2(channels, fen, dist.device, settings["spatial_bn"], args.backbone_weights, pretrained,
                        load_backbone=not restored)
     if fresh:
         run_dir = _agreed_run_dir(dist, args.run_dir or default_run_dir(stage_name, channels))
@@ -260,8 +297,11 @@ def train_stage(stage_name: str, args, dist, resume_dir=None, recorded: dict | N
               f"{data.source}; {options.epochs} epochs, batch {options.batch_size}, device {dist.device}"
               f"{f' × {dist.world_size} processes' if dist.world_size > 1 else ''}; selection "
               f"{options.selection}{' (ON TEST LABELS, as the reference)' if options.selection == 'test_auc' else ''}"
-              f"; run folder {run_dir}")
-    summary = fit(stage, data, options, run_dir, dist, args.checkpoint_dir, state, test_scenes)
+              f"; protocol {settings['protocol']}, seed {settings['seed']} ({settings['seed_source']}), data order "
+              f"{settings['data_order']}; run folder {run_dir}")
+        for note in settings["notes"]:
+            print(f"note: {note}")
+    summary = fit(stage, data, options, run_dir, dist, args.checkpoint_dir, state, test_set)
     if dist.is_main:
         print(f"{stage_name} done: epoch {summary['selected_epoch']} exported to {summary['checkpoint_folder']} "
               f"(selection: {summary['selection']}); run folder {run_dir}")
