@@ -50,14 +50,29 @@ def inference_copy(module: torch.nn.Module, channels_last: bool = False) -> torc
     return copy.requires_grad_(False)
 
 
+# Scenes per forward pass, by network and device type (absent: the whole batch). Measured on
+# the CPU at 200 bands: the FEN's 72×72 maps stay in cache two scenes at a time, while the
+# spatial branch's 4×4 and 8×8 layers need four scenes to keep the cores busy.
+NETWORK_CHUNK = {"fen": {"cpu": 2}, "spatial": {"cpu": 4}}
+# Scenes carried together through features, fusion and RX by :meth:`Detector.score`: on the CPU a
+# few at a time, so that intermediates stay small enough to reuse freed memory instead of mapping
+# (and page-faulting) fresh hundreds of MiB per batch (measured: a 3-way sum of 100 scenes ran
+# at a third of the speed of the same sum four scenes at a time).
+PIPELINE_CHUNK = {"cpu": 4}
+
+
 class Detector:
     """The trained networks of one band setting and the rules to turn them into anomaly maps.
 
     ``fen`` and/or ``spatial`` may be None: with neither, the detector is plain global RX.
+    ``network_chunk``/``pipeline_chunk``: scenes per forward pass / per pass through the whole
+    pipeline, by device type (defaults ``NETWORK_CHUNK``, ``PIPELINE_CHUNK``).
     """
 
     def __init__(self, channels: int, fen=None, spatial=None, device="cpu", fusion="auto",
-                 rx_precision="reference"):
+                 rx_precision="reference", network_chunk: dict | None = None, pipeline_chunk: dict | None = None):
+        self.network_chunk = _copy.deepcopy(NETWORK_CHUNK if network_chunk is None else network_chunk)
+        self.pipeline_chunk = dict(PIPELINE_CHUNK if pipeline_chunk is None else pipeline_chunk)
         self.channels = channels
         self.device = torch.device(device)
         self.fen = fen.to(self.device).eval() if fen is not None else None
@@ -94,15 +109,6 @@ class Detector:
     # Inference speed-ups (same results to float32 rounding): BatchNorm folded into the
     # convolutions, channels-last layout on the CPU, networks run on chunks of scenes.
     fast_inference = True
-    # Scenes per forward pass, by network and device type (absent: the whole batch). Measured on
-    # the CPU at 200 bands: the FEN's 72×72 maps stay in cache two scenes at a time, while the
-    # spatial branch's 4×4 and 8×8 layers need four scenes to keep the cores busy.
-    network_chunk = {"fen": {"cpu": 2}, "spatial": {"cpu": 4}}
-    # Scenes carried together through features, fusion and RX by :meth:`score`: on the CPU a few
-    # at a time, so that intermediates stay small enough to reuse freed memory instead of mapping
-    # (and page-faulting) fresh hundreds of MiB per batch (measured: a 3-way sum of 100 scenes ran
-    # at a third of the speed of the same sum four scenes at a time).
-    pipeline_chunk = {"cpu": 4}
 
     def _inference_networks(self):
         """``(fen, spatial)`` to run: the originals, or cached inference copies rebuilt whenever a

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import detectors
+from .rx import reference_inverse, rx_statistics, solve_covariance
 from .errors import FersError
 from .preprocessing import INPUT_SCALE, apply_band_policy, invalid_pixels, raise_invalid, to_chw
 
@@ -175,9 +175,9 @@ def robust_standardise(maps: np.ndarray) -> np.ndarray:
 
 def global_rx_scores(cube: np.ndarray, precision: str = "float64") -> np.ndarray:
     """Global RX ``(H, W)`` float64 of one ``(H, W, C)`` cube, as :func:`fers.detectors.rx_scores`
-    computes it (cube min-max scaled to [0, 1], covariance /(n − 1), the same pseudo-inverse
-    rules), with the mean and covariance accumulated in float64 over row chunks: two passes
-    (mean, then centred scatter) so no float64 copy of the scene is ever made.
+    computes it (cube min-max scaled to [0, 1], covariance /(n − 1), the same solver:
+    :func:`fers.rx.solve_covariance`), with the mean and covariance accumulated in float64 over
+    row chunks (:func:`fers.rx.rx_statistics`) so no float64 copy of the scene is ever made.
 
     ``float32``: the covariance is still accumulated in float64 (a float32 sum over millions of
     pixels loses digits), then cast to float32 and inverted with ``torch.linalg.pinv``'s default
@@ -195,27 +195,17 @@ def global_rx_scores(cube: np.ndarray, precision: str = "float64") -> np.ndarray
     def unit_pixels(part):
         return (np.asarray(cube[part], dtype=np.float64).reshape(-1, bands) - low) / span
 
-    count = height * width
-    mean = sum(unit_pixels(part).sum(0) for part in chunks) / count
-    scatter = np.zeros((bands, bands))
-    for part in chunks:
-        centred = unit_pixels(part) - mean
-        scatter += centred.T @ centred
-    covariance = torch.from_numpy(scatter / (count - 1))
+    mean, covariance, _ = rx_statistics(lambda: (unit_pixels(part) for part in chunks))
+    covariance = torch.from_numpy(covariance)
     if precision == "float64":
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-        keep = eigenvalues.abs() > detectors.NUMPY_PINV_RCOND * eigenvalues.abs().max()
-        inverse_values = torch.where(keep, 1.0 / torch.where(keep, eigenvalues, torch.ones_like(eigenvalues)),
-                                     torch.zeros_like(eigenvalues)).numpy()
-        eigenvectors = eigenvectors.numpy()
+        whitening = solve_covariance(covariance[None])
     else:
-        inverse = torch.linalg.pinv(covariance.float()).numpy()
+        inverse = reference_inverse(covariance).numpy()
     scores = np.empty((height, width))
     for part in chunks:
         centred = unit_pixels(part) - mean
-        if precision == "float64":
-            projected = centred @ eigenvectors
-            values = (projected * projected) @ inverse_values
+        if precision == "float64":  # (1, C, P) view: the column-major layout the solve wants
+            values = whitening.scores(torch.from_numpy(centred).T[None])[0].numpy()
         else:
             centred = centred.astype(np.float32)
             values = ((centred @ inverse) * centred).sum(1)
