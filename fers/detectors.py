@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .preprocessing import minmax_scale
 from .rx import (GRAM_BLOCKED_MIN_CHANNELS, NUMPY_PINV_RCOND, RX_CHOLESKY_MAX_CONDITION,  # noqa: F401 (re-exported)
                  RX_SCENES_PER_CHUNK, batch_statistics, reference_inverse, solve_covariance)
 
@@ -20,14 +21,6 @@ def _as_pixels(cubes: torch.Tensor) -> torch.Tensor:
     """``(N, C, H, W)`` → ``(N, H·W, C)``."""
     n, c, h, w = cubes.shape
     return cubes.reshape(n, c, h * w).transpose(1, 2)
-
-
-def _unit_scale(pixels: torch.Tensor) -> torch.Tensor:
-    """Min-max scale each cube (all its values) to [0, 1]."""
-    flat = pixels.reshape(pixels.shape[0], -1)
-    low = flat.min(1).values.view(-1, 1, 1)
-    high = flat.max(1).values.view(-1, 1, 1)
-    return (pixels - low) / (high - low).clamp_min(torch.finfo(pixels.dtype).tiny)
 
 
 def _rx_float64(cubes: torch.Tensor, blocked_min_channels: int = GRAM_BLOCKED_MIN_CHANNELS) -> torch.Tensor:
@@ -57,7 +50,7 @@ def rx_scores(cubes: torch.Tensor, precision: str = "float64", scenes_per_solve:
         raise ValueError(f"rx_scores expects (N, C, H, W), got {tuple(cubes.shape)}")
     n, _, h, w = cubes.shape
     if precision == "float32":
-        pixels = _unit_scale(_as_pixels(cubes.float()))
+        pixels = minmax_scale(_as_pixels(cubes.float()), per_item=True)
         centred = pixels - pixels.mean(1, keepdim=True)
         covariance = centred.transpose(1, 2) @ centred / (centred.shape[1] - 1)
         inverse = reference_inverse(covariance)
@@ -75,7 +68,8 @@ def rx_scores(cubes: torch.Tensor, precision: str = "float64", scenes_per_solve:
 
 def rx_scores_numpy(cube: np.ndarray) -> np.ndarray:
     """Global RX of one ``(H, W, C)`` cube with NumPy: ``np.cov`` and ``np.linalg.pinv`` in float64.
-    The plain reference the batched :func:`rx_scores` is tested and benchmarked against."""
+    The plain reference the batched :func:`rx_scores` is tested and benchmarked against (kept
+    independent of the library's helpers on purpose)."""
     h, w, c = cube.shape
     pixels = np.asarray(cube, dtype=np.float64).reshape(-1, c)
     pixels = (pixels - pixels.min()) / (pixels.max() - pixels.min())
@@ -104,10 +98,7 @@ def resolve_fusion(fusion: str, channels: int) -> str:
 
 def unit_range(scores: torch.Tensor) -> torch.Tensor:
     """Min-max scale each map of ``(N, H, W)`` to [0, 1] (a constant map becomes 0)."""
-    flat = scores.reshape(scores.shape[0], -1)
-    low = flat.min(1).values.view(-1, 1, 1)
-    span = (flat.max(1).values.view(-1, 1, 1) - low)
-    return (scores - low) / torch.where(span > 0, span, torch.ones_like(span))
+    return minmax_scale(scores, per_item=True)
 
 
 def fused_scores(cubes, spectral_features=None, spatial_features=None, fusion: str = "auto",
@@ -151,7 +142,7 @@ def local_rx_scores(cube: torch.Tensor, inner: int = 5, outer: int = 15, ridge: 
     c, h, w = cube.shape
     device = cube.device
     data = cube.double().reshape(c, -1).T  # (P, C)
-    data = (data - data.min()) / (data.max() - data.min()).clamp_min(1e-300)
+    data = minmax_scale(data)
     if components and components < c:
         centred = data - data.mean(0)
         _, eigenvectors = torch.linalg.eigh(centred.T @ centred)

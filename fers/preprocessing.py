@@ -3,6 +3,8 @@ and the reference normalisation."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from .errors import FersError
@@ -11,6 +13,38 @@ INPUT_SCALE = 0.1
 BAND_POLICIES = ("first", "interp", "error")
 # Fill values that sensors and processing chains write for missing pixels.
 NODATA_VALUES = (-9999.0, -32768.0, 1e-34, -1e34, -3.4028234663852886e38)
+
+
+def minmax_scale(values, low=None, high=None, per_item: bool = False):
+    """Min-max scale NumPy ``values`` or a torch tensor to [0, 1]: ``(values − low) / (high − low)``
+    with the one zero-span rule of FERS: where ``high − low`` is not positive (a constant map or
+    cube) the result is 0. ``low``/``high`` default to the minimum/maximum of all values, or of each
+    item along the first axis with ``per_item``; arrays broadcast (per-channel bounds)."""
+    torch = sys.modules.get("torch")
+    is_tensor = torch is not None and isinstance(values, torch.Tensor)
+    if low is None or high is None:
+        if per_item:
+            flat = values.reshape(values.shape[0], -1)
+            shape = (-1,) + (1,) * (values.ndim - 1)
+            if is_tensor:
+                found = flat.min(1).values.view(shape), flat.max(1).values.view(shape)
+            else:
+                found = flat.min(1).reshape(shape), flat.max(1).reshape(shape)
+        else:
+            found = values.min(), values.max()
+        low = found[0] if low is None else low
+        high = found[1] if high is None else high
+    span = high - low
+    if is_tensor:
+        return (values - low) / torch.where(span > 0, span, torch.ones_like(span))
+    if np.ndim(span) == 0:
+        return (values - low) / span if span > 0 else np.zeros_like(values)
+    return (values - low) / np.where(span > 0, span, 1.0)
+
+
+def reference_scaling(values: np.ndarray, low, high) -> np.ndarray:
+    """The reference input scaling: ``[low, high]`` to [-1, 1], times ``INPUT_SCALE`` (float64)."""
+    return INPUT_SCALE * (2.0 * minmax_scale(np.asarray(values, dtype=np.float64), low, high) - 1.0)
 
 
 def invalid_pixels(cube: np.ndarray) -> tuple[int, int]:
@@ -62,7 +96,7 @@ def normalize_cube(cube: np.ndarray) -> np.ndarray:
     low, high = data.min(), data.max()
     if not high > low:
         raise ValueError("cannot normalise a constant cube")
-    return (INPUT_SCALE * (2.0 * (data - low) / (high - low) - 1.0)).astype(np.float32)
+    return reference_scaling(data, low, high).astype(np.float32)
 
 
 def apply_band_policy(cube: np.ndarray, channels: int, policy: str = "interp", name: str = "cube"):

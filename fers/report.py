@@ -22,6 +22,7 @@ import numpy as np
 from .io import OutputFolder, atomic_path
 from .metrics import auc as auc_score
 from .metrics import roc_curve
+from .preprocessing import minmax_scale
 
 # False-colour bands as fractions of the band count: near-infrared, red and green for a
 # 400-2500 nm sensor such as AVIRIS (about 850, 650 and 550 nm).
@@ -55,13 +56,11 @@ def false_colour(cube: np.ndarray) -> np.ndarray:
     rgb = np.stack([np.asarray(cube[:, :, band], dtype=np.float64) for band in picks], axis=-1)
     low = np.percentile(rgb, 2, axis=(0, 1))
     high = np.percentile(rgb, 98, axis=(0, 1))
-    return np.clip((rgb - low) / np.where(high > low, high - low, 1.0), 0.0, 1.0)
+    return np.clip(minmax_scale(rgb, low, high), 0.0, 1.0)
 
 
 def _display(scores: np.ndarray) -> np.ndarray:
-    scores = np.asarray(scores, dtype=np.float64)
-    span = scores.max() - scores.min()
-    return (scores - scores.min()) / span if span > 0 else np.zeros_like(scores)
+    return minmax_scale(np.asarray(scores, dtype=np.float64))
 
 
 def save_heatmap(path, scores: np.ndarray, title: str) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from .rx import reference_inverse, rx_statistics, solve_covariance
 from .errors import FersError
-from .preprocessing import INPUT_SCALE, apply_band_policy, invalid_pixels, raise_invalid, to_chw
+from .preprocessing import apply_band_policy, invalid_pixels, minmax_scale, raise_invalid, reference_scaling, to_chw
 
 BACKGROUNDS = ("tile", "global")
 CHUNK_BYTES = 64 * 2 ** 20  # float64 working set of one row chunk
@@ -62,9 +62,7 @@ def prepare_scene(cube: np.ndarray, channels: int, band_policy: str = "interp", 
     prepared = np.empty(cube.shape[:2] + (channels,), dtype=np.float32)
     for start in range(0, cube.shape[0], rows):
         selected, _ = apply_band_policy(np.asarray(cube[start:start + rows]), channels, band_policy, name)
-        data = np.asarray(selected, dtype=np.float64)
-        # The reference scaling of fers.preprocessing.normalize_cube, with the whole scene's range.
-        prepared[start:start + rows] = INPUT_SCALE * (2.0 * (data - low) / (high - low) - 1.0)
+        prepared[start:start + rows] = reference_scaling(selected, low, high)  # with the whole scene's range
     return prepared, description
 
 
@@ -190,10 +188,9 @@ def global_rx_scores(cube: np.ndarray, precision: str = "float64") -> np.ndarray
     chunks = [slice(start, start + rows) for start in range(0, height, rows)]
     low = min(float(np.min(cube[part])) for part in chunks)
     high = max(float(np.max(cube[part])) for part in chunks)
-    span = max(high - low, np.finfo(np.float64).tiny)
 
     def unit_pixels(part):
-        return (np.asarray(cube[part], dtype=np.float64).reshape(-1, bands) - low) / span
+        return minmax_scale(np.asarray(cube[part], dtype=np.float64).reshape(-1, bands), low, high)
 
     mean, covariance, _ = rx_statistics(lambda: (unit_pixels(part) for part in chunks))
     covariance = torch.from_numpy(covariance)
@@ -211,11 +208,6 @@ def global_rx_scores(cube: np.ndarray, precision: str = "float64") -> np.ndarray
             values = ((centred @ inverse) * centred).sum(1)
         scores[part] = values.reshape(-1, width)
     return scores
-
-
-def _unit_range(scores: np.ndarray) -> np.ndarray:
-    span = scores.max() - scores.min()
-    return (scores - scores.min()) / span if span > 0 else np.zeros_like(scores)
 
 
 # --------------------------------------------------------------------------- the detection
@@ -305,7 +297,7 @@ def detect_scene(detector, cube: np.ndarray, tile: int = 64, overlap: int = 16, 
             accumulator[part] += cube[part]
     maps = [global_rx_scores(enhanced, detector.rx_precision) for enhanced in accumulators]
     del accumulators
-    return _unit_range(maps[0]) * _unit_range(maps[1]) if product else maps[0]
+    return minmax_scale(maps[0]) * minmax_scale(maps[1]) if product else maps[0]
 
 
 def to_hwc_batch(features: torch.Tensor) -> np.ndarray:
