@@ -3,6 +3,7 @@ and the reference normalisation."""
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -12,6 +13,7 @@ from .errors import FersError
 INPUT_SCALE = 0.1
 BAND_POLICIES = ("first", "interp", "error")
 # Fill values that sensors and processing chains write for missing pixels.
+CHUNK_BYTES = 64 * 2 ** 20  # float64 working set of one row chunk (prepare_cube, chunked RX)
 NODATA_VALUES = (-9999.0, -32768.0, 1e-34, -1e34, -3.4028234663852886e38)
 
 
@@ -137,14 +139,58 @@ def interpolate_bands(cube: np.ndarray, channels: int) -> np.ndarray:
     return result.astype(np.result_type(cube.dtype, np.float32))
 
 
-def prepare_cube(cube: np.ndarray, channels: int, policy: str = "interp", name: str = "cube"):
+def chunk_rows(cube_shape, chunk_bytes: int = None, itemsize: int = 8) -> int:
+    """Rows of a ``(rows, cols, bands)`` cube per chunk of about ``chunk_bytes`` (``CHUNK_BYTES``)."""
+    _, cols, bands = cube_shape
+    return max(1, (chunk_bytes or CHUNK_BYTES) // max(1, cols * bands * itemsize))
+
+
+def prepare_cube(cube: np.ndarray, channels: int, policy: str = "interp", name: str = "cube",
+                 chunk_bytes: int | None = None):
     """Validate, apply the band policy and normalise: the network input ``(rows, cols, C)`` float32
-    and a description of the band policy used."""
-    validate_cube(cube, name)
-    cube, description = apply_band_policy(cube, channels, policy, name)
-    if not np.max(cube) > np.min(cube):
+    and a description of the band policy used.
+
+    The checks and their order are :func:`validate_cube`'s, then the band policy, then a constant
+    selection is rejected; the scaling is :func:`normalize_cube`'s with the whole cube's range. It
+    runs in row chunks of about ``chunk_bytes`` in float64 (two passes), so a scene of ``H·W·C``
+    values needs ``H·W·C`` float32 plus one chunk, not several float64 copies; ``cube`` may be a
+    read-only memory map.
+    """
+    if cube.ndim != 3:
+        raise FersError(f"{name}: expected a 3-D cube (rows, cols, bands), got shape {tuple(cube.shape)}")
+    rows = chunk_rows(cube.shape, chunk_bytes)
+    bad = nodata = 0
+    low = selected_low = math.inf
+    high = selected_high = -math.inf
+    description, policy_error = "", None
+    for start in range(0, cube.shape[0], rows):
+        chunk = np.asarray(cube[start:start + rows])
+        chunk_bad, chunk_nodata = invalid_pixels(chunk)
+        bad, nodata = bad + chunk_bad, nodata + chunk_nodata
+        if bad:
+            continue
+        low, high = min(low, float(np.min(chunk))), max(high, float(np.max(chunk)))
+        if policy_error is None:
+            try:
+                selected, description = apply_band_policy(chunk, channels, policy, name)
+            except FersError as error:  # raised after the value checks, as validate_cube runs first
+                policy_error = error
+                continue
+            selected_low = min(selected_low, float(np.min(selected)))
+            selected_high = max(selected_high, float(np.max(selected)))
+    raise_invalid(name, bad, nodata)
+    if not high > low:
+        raise FersError(f"{name}: the cube is constant (every value is {low:g}); "
+                        "it holds no signal to detect anomalies in")
+    if policy_error is not None:
+        raise policy_error
+    if not selected_high > selected_low:
         raise FersError(f"{name}: the selected {channels} bands are constant; nothing to detect")
-    return normalize_cube(cube), description
+    prepared = np.empty(cube.shape[:2] + (channels,), dtype=np.float32)
+    for start in range(0, cube.shape[0], rows):
+        selected, _ = apply_band_policy(np.asarray(cube[start:start + rows]), channels, policy, name)
+        prepared[start:start + rows] = reference_scaling(selected, selected_low, selected_high)
+    return prepared, description
 
 
 def to_chw(cube: np.ndarray) -> np.ndarray:

@@ -19,10 +19,11 @@ import torch
 
 from .rx import reference_inverse, rx_statistics, solve_covariance
 from .errors import FersError
-from .preprocessing import apply_band_policy, invalid_pixels, minmax_scale, raise_invalid, reference_scaling, to_chw
+from .preprocessing import CHUNK_BYTES as PREPARE_CHUNK_BYTES
+from .preprocessing import chunk_rows, minmax_scale, prepare_cube, reference_scaling, to_chw
 
 BACKGROUNDS = ("tile", "global")
-CHUNK_BYTES = 64 * 2 ** 20  # float64 working set of one row chunk
+CHUNK_BYTES = PREPARE_CHUNK_BYTES  # float64 working set of one row chunk
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution × this = its standard deviation
 
 
@@ -30,40 +31,12 @@ MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution × this = its standard dev
 
 
 def _chunk_rows(cube_shape, itemsize: int = 8) -> int:
-    rows, cols, bands = cube_shape
-    return max(1, CHUNK_BYTES // max(1, cols * bands * itemsize))
+    return chunk_rows(cube_shape, CHUNK_BYTES, itemsize)
 
 
 def prepare_scene(cube: np.ndarray, channels: int, band_policy: str = "interp", name: str = "cube"):
-    """The network input of a whole scene, ``(H, W, C)`` float32, and the band-policy description.
-
-    Gives exactly :func:`fers.preprocessing.prepare_cube` (same checks, same band policy, the
-    reference scaling with the min and max of the whole scene), computed in row chunks so that a
-    scene of ``H·W·C`` values needs ``H·W·C`` float32 plus one chunk in float64, not several
-    float64 copies of the scene. ``cube`` may be a read-only memory map.
-    """
-    if cube.ndim != 3:
-        raise FersError(f"{name}: expected a 3-D cube (rows, cols, bands), got shape {tuple(cube.shape)}")
-    rows = _chunk_rows(cube.shape)
-    bad, nodata = 0, 0
-    low, high = math.inf, -math.inf
-    description = ""
-    for start in range(0, cube.shape[0], rows):
-        chunk = np.asarray(cube[start:start + rows])
-        chunk_bad, chunk_nodata = invalid_pixels(chunk)
-        bad, nodata = bad + chunk_bad, nodata + chunk_nodata
-        if bad:
-            continue
-        selected, description = apply_band_policy(chunk, channels, band_policy, name)
-        low, high = min(low, float(np.min(selected))), max(high, float(np.max(selected)))
-    raise_invalid(name, bad, nodata)
-    if not high > low:
-        raise FersError(f"{name}: the selected {channels} bands are constant; nothing to detect")
-    prepared = np.empty(cube.shape[:2] + (channels,), dtype=np.float32)
-    for start in range(0, cube.shape[0], rows):
-        selected, _ = apply_band_policy(np.asarray(cube[start:start + rows]), channels, band_policy, name)
-        prepared[start:start + rows] = reference_scaling(selected, low, high)  # with the whole scene's range
-    return prepared, description
+    """:func:`fers.preprocessing.prepare_cube` in row chunks of ``CHUNK_BYTES``."""
+    return prepare_cube(cube, channels, band_policy, name, chunk_bytes=CHUNK_BYTES)
 
 
 # --------------------------------------------------------------------------- tiling
