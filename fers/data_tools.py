@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import FersError
 from .io import EMBEDDED, LAYOUT_CHECK, load_cube, load_mask, read_scene, save_mask_png
-from .preprocessing import NODATA_VALUES
+from .preprocessing import nodata_pixels
 
 LAYOUTS = ("auto", "had100", "abu")
 CUBE_SUFFIX = ".npy"
@@ -182,13 +182,10 @@ def inspect_cube(cube: np.ndarray) -> tuple[dict, list]:
     low, high = finite.min(), finite.max()
     stats["minimum"], stats["maximum"] = float(low), float(high)
     nodata = np.zeros(cube.shape[:2], dtype=bool)
-    found = []
-    for value in NODATA_VALUES:
-        if low - 1e-6 * abs(value) <= value <= high + 1e-6 * abs(value):
-            hit = np.isclose(cube, value, rtol=1e-6, atol=0).any(axis=2)
-            if hit.any():
-                found.append(f"{value:g}")
-                nodata |= hit
+    hits = nodata_pixels(cube, low, high)
+    for hit in hits.values():
+        nodata |= hit
+    found = [f"{value:g}" for value in hits]
     stats["nodata_pixels"] = int(nodata.sum())
     if found:
         problems.append(f"no-data value {', '.join(found)} in {int(nodata.sum())} pixel(s)")

@@ -49,6 +49,21 @@ def reference_scaling(values: np.ndarray, low, high) -> np.ndarray:
     return INPUT_SCALE * (2.0 * minmax_scale(np.asarray(values, dtype=np.float64), low, high) - 1.0)
 
 
+def nodata_pixels(cube: np.ndarray, low=None, high=None) -> dict:
+    """The one no-data scan: ``{fill value: (rows, cols) mask of the pixels holding it in any band}``
+    for the :data:`NODATA_VALUES` present (within ``rtol`` 1e-6); values outside ``[low, high]``
+    (default: the cube's range) are skipped without a scan."""
+    low = np.min(cube) if low is None else low
+    high = np.max(cube) if high is None else high
+    found = {}
+    for value in NODATA_VALUES:
+        if low - 1e-6 * abs(value) <= value <= high + 1e-6 * abs(value):  # skip values out of range
+            hit = np.isclose(cube, value, rtol=1e-6, atol=0).any(axis=2)
+            if hit.any():
+                found[value] = hit
+    return found
+
+
 def invalid_pixels(cube: np.ndarray) -> tuple[int, int]:
     """``(pixels holding NaN/Inf, pixels holding a no-data fill value)`` of a ``(rows, cols, bands)``
     cube or row chunk; a pixel counts once, whichever of its bands holds the value."""
@@ -56,11 +71,9 @@ def invalid_pixels(cube: np.ndarray) -> tuple[int, int]:
         bad = int((~np.isfinite(cube)).any(axis=2).sum())
         if bad:
             return bad, 0
-    low, high = np.min(cube), np.max(cube)
     nodata = np.zeros(cube.shape[:2], dtype=bool)
-    for value in NODATA_VALUES:
-        if low - 1e-6 * abs(value) <= value <= high + 1e-6 * abs(value):  # skip values out of range
-            nodata |= np.isclose(cube, value, rtol=1e-6, atol=0).any(axis=2)
+    for hit in nodata_pixels(cube).values():
+        nodata |= hit
     return 0, int(nodata.sum())
 
 
