@@ -9,7 +9,6 @@ Files are written atomically (temporary file, then rename).
 
 from __future__ import annotations
 
-import errno
 import pickle
 import zipfile
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 
 from .errors import FersError
 from .fen import FEN, REFERENCE_BACKBONE
-from .io import atomic_path
+from .outputs import atomic_torch_save
 from .spatial_branch import SPATIAL_BACKBONE, SpatialBranch
 
 STAGE1_FILES = ("convh.pt", "enc.pt", "pc.pt")
@@ -130,12 +129,3 @@ def load_spatial_branch(folder, channels: int, map_location="cpu") -> SpatialBra
     branch = SpatialBranch(channels, backbone)
     _load_strict(branch, payload, path)
     return branch.to(map_location).eval()
-
-
-def atomic_torch_save(path, payload) -> None:
-    """``torch.save`` through a temporary file and a rename: a kill never leaves a corrupt file."""
-    with atomic_path(path) as tmp:
-        try:
-            torch.save(payload, tmp)
-        except RuntimeError as error:  # torch reports a failed write (disk full, quota) this way
-            raise OSError(errno.EIO, f"writing {Path(path).name} failed: {_first_sentence(error)}") from None

@@ -11,10 +11,6 @@ Layouts (see docs/data.md):
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,52 +18,12 @@ import numpy as np
 
 from .errors import FersError
 from .io import EMBEDDED, LAYOUT_CHECK, load_cube, load_mask, read_scene, save_mask_png
+from .outputs import staged_layout  # noqa: F401 (re-exported)
 from .preprocessing import nodata_pixels
 
 LAYOUTS = ("auto", "had100", "abu")
 CUBE_SUFFIX = ".npy"
 MASK_SUFFIX = ".png"
-
-
-# --------------------------------------------------------------------------- staging
-
-
-@contextlib.contextmanager
-def staged_layout(root, parts, overwrite: bool = False, flag: str = "--output"):
-    """All-or-nothing writing of dataset folders.
-
-    Yields a hidden staging folder inside ``root``; the caller writes ``staging/<part>/...`` for each
-    relative folder in ``parts`` (and any top-level files). When the block succeeds, each part
-    replaces ``root/<part>`` and the top-level files are moved beside them; on failure nothing in
-    ``root`` changes. An existing ``root/<part>`` is an error unless ``overwrite``.
-    """
-    root = Path(root)
-    parts = [Path(part) for part in parts]
-    existing = [root / part for part in parts if (root / part).exists()]
-    if existing and not overwrite:
-        raise FersError(f"{existing[0]}: already exists; choose an empty {flag} or pass --overwrite")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
-    except OSError as error:
-        raise FersError(f"{root}: cannot create the output folder ({error.strerror}); choose another {flag}") from None
-    try:
-        for part in parts:
-            (staging / part).mkdir(parents=True)
-        yield staging
-        for part in parts:
-            if (root / part).exists():
-                shutil.rmtree(root / part)
-            (root / part).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / part, root / part)
-        for item in sorted(staging.iterdir()):
-            if item.is_file():
-                os.replace(item, root / item.name)
-    except OSError as error:
-        raise FersError(f"{root}: cannot write the dataset ({error.strerror or error}); free disk space or "
-                        f"choose another {flag}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- prepare_abu

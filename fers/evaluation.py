@@ -4,8 +4,6 @@ autoencoder, measure, and write the reference outputs plus ``results.json``/``re
 from __future__ import annotations
 
 import copy as _copy
-import csv
-import io as _io
 import math
 import time
 import warnings
@@ -19,7 +17,8 @@ from . import detectors
 from .checkpoints import band_folder, load_fen, load_spatial_branch
 from .datasets import Scene, load_scene
 from .errors import FersError
-from .io import OutputFolder, save_mat, sha256_file, write_json, write_text
+from .io import sha256_file
+from .outputs import OutputFolder, save_mat, write_csv, write_json, write_text
 from .metrics import METRIC_NAMES, auc, f1_optimal_threshold, mean_ignoring_nan, roc3d_metrics
 from .preprocessing import prepare_cube, to_chw
 from .utils import versions
@@ -376,13 +375,7 @@ def write_outputs(save_dir, evaluation: Evaluation, run_config: dict, title: str
                                    "names": np.array(names, dtype=object),
                                    "labelled": np.array([r.labelled for r in results], dtype=np.uint8)})
         write_json(out / "results.json", payload)
-        buffer = _io.StringIO()
-        rows = [r.row() for r in results]
-        columns = list(dict.fromkeys(key for row in rows for key in row))
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        writer.writerow({"name": "mean", "auc": mean, **means, "seconds": payload["seconds_per_scene"],
-                         "seconds_batch_average": payload["seconds_per_scene"]})
-        write_text(out / "results.csv", buffer.getvalue())
+        write_csv(out / "results.csv", payload["scenes"],
+                  [{"name": "mean", "auc": mean, **means, "seconds": payload["seconds_per_scene"],
+                    "seconds_batch_average": payload["seconds_per_scene"]}])
     return save_dir

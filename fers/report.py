@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import OutputFolder, atomic_path
+from .outputs import OutputFolder, atomic_path
 from .metrics import auc as auc_score
 from .metrics import roc_curve
 from .preprocessing import minmax_scale

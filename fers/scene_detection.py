@@ -18,9 +18,8 @@ import numpy as np
 import torch
 
 from .rx import reference_inverse, rx_statistics, solve_covariance
-from .errors import FersError
 from .preprocessing import CHUNK_BYTES as PREPARE_CHUNK_BYTES
-from .preprocessing import chunk_rows, minmax_scale, prepare_cube, reference_scaling, to_chw
+from .preprocessing import chunk_rows, minmax_scale, prepare_cube, to_chw
 
 BACKGROUNDS = ("tile", "global")
 CHUNK_BYTES = PREPARE_CHUNK_BYTES  # float64 working set of one row chunk
@@ -292,12 +291,10 @@ def write_scene_results(staging, save_dir) -> dict:
     a defined value and ``scenes_covered``; the newest run's ``config``) and ``results.csv`` (the rows
     and a mean row) into ``staging``. Per-scene files in ``staging`` (this run) replace those of the
     same name in ``save_dir`` (earlier runs). Returns the ``results.json`` payload."""
-    import csv
-    import io as _io
     import json
     from pathlib import Path
 
-    from .io import write_json, write_text
+    from .outputs import write_csv, write_json
     from .metrics import mean_ignoring_nan
     from .utils import versions
 
@@ -338,12 +335,5 @@ def write_scene_results(staging, save_dir) -> dict:
         payload["warning"] = (f"the scenes in this folder were detected with different {', '.join(differing)}; "
                               "their metrics are not comparable (see each <scene>_results.json)")
     write_json(staging / "results.json", payload)
-    mean_row = {"name": "mean", **means}
-    columns = list(dict.fromkeys(key for row in rows + [mean_row] for key in row))
-    buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    writer.writerow(mean_row)
-    write_text(staging / "results.csv", buffer.getvalue())
+    write_csv(staging / "results.csv", rows, [{"name": "mean", **means}])
     return payload

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from .data_tools import staged_layout
 from .errors import FersError
+from .outputs import staged_layout
 
 WAVELENGTH_RANGE_NM = (400.0, 2500.0)
 BACKGROUND_MATERIALS = ("vegetation", "dry_grass", "soil", "water", "asphalt", "roof")

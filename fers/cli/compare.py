@@ -5,8 +5,6 @@ metrics; a table per scene and the mean per method."""
 from __future__ import annotations
 
 import argparse
-import csv
-import io as _io
 import time
 import warnings
 from pathlib import Path
@@ -19,7 +17,7 @@ from ..checkpoints import SPATIAL_FILE, STAGE1_FILES, band_folder
 from ..datasets import HAD100_SENSOR, abu_manifest, had100_manifest
 from ..errors import FersError, cli_entry
 from ..evaluation import Detector, load_inputs
-from ..io import OutputFolder, check_writable_dir, write_json, write_text
+from ..outputs import OutputFolder, check_writable_dir, write_csv, write_json, write_text
 from ..metrics import METRIC_NAMES, detection_metrics, mean_ignoring_nan
 from ..preprocessing import to_chw
 from ..utils import REPO_ROOT, default_threads, resolve_device, versions
@@ -123,16 +121,6 @@ def format_table(rows: list[dict], means: dict, methods: list[str]) -> list[str]
     return lines
 
 
-def _csv(rows: list[dict], means: dict) -> str:
-    mean_rows = [{"scene": "mean", "method": method, **values} for method, values in means.items()]
-    columns = list(dict.fromkeys(key for row in rows + mean_rows for key in row))
-    buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows + mean_rows)
-    return buffer.getvalue()
-
-
 @cli_entry
 def main(argv=None):
     parser = build_parser()
@@ -193,7 +181,8 @@ def main(argv=None):
     with OutputFolder(args.save_dir) as out:
         write_json(out / "comparison.json", {"rows": rows, "means": means, "skipped": skipped,
                                              "config": config, "versions": versions()})
-        write_text(out / "comparison.csv", _csv(rows, means))
+        write_csv(out / "comparison.csv", rows,
+                  [{"scene": "mean", "method": method, **values} for method, values in means.items()])
         write_text(out / "comparison.txt", "\n".join(table) + "\n")
     for line in table:
         print(line)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import data_tools
 from ..errors import EXIT_USAGE, FersError, cli_entry
-from ..io import write_json
+from ..outputs import write_json
 
 # Not fers.utils.REPO_ROOT: importing fers.utils loads torch, which check/prepare_abu do not need.
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ from pathlib import Path
 from .. import detectors
 from ..errors import FersError, cli_entry
 from ..evaluation import Detector
-from ..io import CUBE_SUFFIXES, EMBEDDED, OutputFolder, check_writable_dir, read_scene, save_mat, save_npy, \
-    write_json
+from ..io import CUBE_SUFFIXES, EMBEDDED, read_scene
 from ..metrics import detection_metrics
+from ..outputs import OutputFolder, check_writable_dir, save_mat, save_npy, write_json
 from ..scene_detection import BACKGROUNDS, TileGrid, detect_scene, prepare_scene, write_scene_results
 from ..utils import REPO_ROOT, default_threads, resolve_device, versions
 from .common import add_layout_argument, add_model_arguments, check_positive, cube_layout
