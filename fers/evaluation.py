@@ -4,7 +4,6 @@ autoencoder, measure, and write the reference outputs plus ``results.json``/``re
 from __future__ import annotations
 
 import copy as _copy
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -18,9 +17,10 @@ from .checkpoints import band_folder, load_fen, load_spatial_branch
 from .datasets import Scene, load_scene
 from .errors import FersError
 from .io import sha256_file
-from .outputs import OutputFolder, save_mat, write_csv, write_json, write_text
-from .metrics import METRIC_NAMES, auc, f1_optimal_threshold, mean_ignoring_nan, roc3d_metrics
+from .metrics import auc, mean_ignoring_nan
+from .outputs import OutputFolder, save_mat, write_text
 from .preprocessing import prepare_cube, to_chw
+from .results import measure, scene_row, summary, write_results
 from .utils import versions
 
 
@@ -180,10 +180,10 @@ class SceneResult:
     def row(self) -> dict:
         """One results row. ``seconds_batch_average``: the wall time of the scene's batch divided by
         the scenes in it (``batch_scenes``); ``seconds`` is the same number, kept for older readers."""
-        return {"name": self.name, "auc": self.auc, "seconds": self.seconds,
-                "seconds_batch_average": self.seconds, "batch_scenes": self.batch_scenes,
-                "labelled": self.labelled, "bands": self.bands,
-                "height": self.shape[0], "width": self.shape[1], **self.metrics, **self.extra}
+        row = scene_row(self.name, {"auc": self.auc, **self.metrics}, seconds=self.seconds,
+                        seconds_batch_average=self.seconds, batch_scenes=self.batch_scenes, labelled=self.labelled,
+                        bands=self.bands, height=self.shape[0], width=self.shape[1])
+        return {**row, **self.extra}
 
 
 @dataclass
@@ -284,13 +284,8 @@ def evaluate(detector: Detector, scenes: list[Scene], band_policy: str = "interp
     total = time.perf_counter() - started
     results = []
     for index, scene in enumerate(scenes):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            scene_auc = auc(scores[index], masks[index])
-            metrics = roc3d_metrics(scores[index], masks[index])
-            f1 = (f1_optimal_threshold(scores[index], masks[index]) if masks[index].any()
-                  else {"threshold": math.nan, "f1": math.nan})
-        metrics.update({"f1": f1["f1"], "f1_threshold": f1["threshold"]})
+        metrics = measure(scores[index], masks[index])
+        scene_auc = metrics.pop("auc")
         results.append(SceneResult(scene.name, scene_auc, seconds[index], bands[index], cubes[index].shape[:2],
                                    metrics, extras[index], labelled[index], batch_scenes[index]))
     config = {**detector.describe(), "detect": detect, "band_policy": band_policy, "batch_size": batch_size,
@@ -343,17 +338,10 @@ def write_outputs(save_dir, evaluation: Evaluation, run_config: dict, title: str
     ``results.json`` and ``results.csv`` all-or-nothing into ``save_dir``."""
     save_dir = Path(save_dir)
     results = evaluation.results
-    mean, covered = evaluation.mean_auc
     oracle = bool(evaluation.config.get("ae_selection_uses_ground_truth"))
-    means = {name: mean_ignoring_nan(r.metrics[name] for r in results)[0] for name in METRIC_NAMES + ("f1",)}
     payload = {
         "title": title,
-        "scenes": [r.row() for r in results],
-        "mean_auc": mean,
-        "scenes_covered": covered,
-        "scenes_total": len(results),
-        "scenes_labelled": sum(r.labelled for r in results),
-        "mean_metrics": means,
+        **summary([r.row() for r in results]),
         "total_seconds": evaluation.total_seconds,
         "seconds_per_scene": evaluation.total_seconds / max(len(results), 1),
         "seconds_note": SECONDS_NOTE,
@@ -374,8 +362,7 @@ def write_outputs(save_dir, evaluation: Evaluation, run_config: dict, title: str
         save_mat(out / "gts.mat", {"gts": _stack_or_cells([m.astype(np.uint8) for m in evaluation.masks]),
                                    "names": np.array(names, dtype=object),
                                    "labelled": np.array([r.labelled for r in results], dtype=np.uint8)})
-        write_json(out / "results.json", payload)
-        write_csv(out / "results.csv", payload["scenes"],
-                  [{"name": "mean", "auc": mean, **means, "seconds": payload["seconds_per_scene"],
-                    "seconds_batch_average": payload["seconds_per_scene"]}])
+        write_results(out, payload, payload["scenes"],
+                      [{"name": "mean", **payload["mean_metrics"], "seconds": payload["seconds_per_scene"],
+                        "seconds_batch_average": payload["seconds_per_scene"]}])
     return save_dir

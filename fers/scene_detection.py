@@ -294,8 +294,7 @@ def write_scene_results(staging, save_dir) -> dict:
     import json
     from pathlib import Path
 
-    from .outputs import write_csv, write_json
-    from .metrics import mean_ignoring_nan
+    from .results import summary, write_results
     from .utils import versions
 
     staging, save_dir = Path(staging), Path(save_dir)
@@ -312,18 +311,11 @@ def write_scene_results(staging, save_dir) -> dict:
             continue  # not a file of ours: left alone, not summarised
     rows = [record["scene"] for _, record in records]
     newest = next(record for name, record in records if name in fresh) if fresh else records[-1][1]
-    metric_names = list(dict.fromkeys(key for row in rows for key in row
-                                      if key == "auc" or key.startswith(("auc_", "adaptive_", "snpr", "f1"))))
-    means = {key: mean_ignoring_nan(row.get(key, math.nan) for row in rows)[0] for key in metric_names}
-    mean_auc, covered = mean_ignoring_nan(row.get("auc", math.nan) for row in rows)
+    payload = summary(rows)
     payload = {
         "scenes": rows,
         "scene_files": [name for name, _ in records],
-        "mean_auc": mean_auc,
-        "scenes_covered": covered,
-        "scenes_total": len(rows),
-        "scenes_labelled": sum(bool(row.get("labelled", "auc" in row)) for row in rows),
-        "mean_metrics": means,
+        **payload,
         "seconds_note": "per-scene seconds are measured for that scene alone (detect.py runs one scene per call)",
         "config": newest["config"],
         "versions": versions(),
@@ -334,6 +326,5 @@ def write_scene_results(staging, save_dir) -> dict:
     if differing:
         payload["warning"] = (f"the scenes in this folder were detected with different {', '.join(differing)}; "
                               "their metrics are not comparable (see each <scene>_results.json)")
-    write_json(staging / "results.json", payload)
-    write_csv(staging / "results.csv", rows, [{"name": "mean", **means}])
+    write_results(staging, payload, rows, [{"name": "mean", **payload["mean_metrics"]}])
     return payload
