@@ -4,6 +4,7 @@ autoencoder, measure, and write the reference outputs plus ``results.json``/``re
 from __future__ import annotations
 
 import copy as _copy
+import logging
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from .outputs import OutputFolder, save_mat, write_text
 from .preprocessing import prepare_cube, to_chw
 from .results import measure, scene_row, summary, write_results
 from .utils import versions
+
+_log = logging.getLogger(__name__)
 
 
 def inference_copy(module: torch.nn.Module, channels_last: bool = False) -> torch.nn.Module:
@@ -201,10 +204,11 @@ class Evaluation:
         return mean_ignoring_nan(r.auc for r in self.results)
 
 
-def load_inputs(scenes: list[Scene], channels: int, band_policy: str, log=print):
+def load_inputs(scenes: list[Scene], channels: int, band_policy: str, log=None):
     """Load, validate and normalise every scene before any detection runs, so a bad file stops the
     run before anything is written. Returns ``(cubes (H, W, C) float32, masks, band descriptions)``;
-    the mask of an unlabelled scene is None."""
+    the mask of an unlabelled scene is None. Notes and warnings go to ``log`` (a callable taking
+    one line), by default the ``fers`` logger."""
     cubes, masks, bands = [], [], []
     for scene in scenes:
         cube, mask = load_scene(scene)
@@ -213,10 +217,10 @@ def load_inputs(scenes: list[Scene], channels: int, band_policy: str, log=print)
         masks.append(mask)
         bands.append(description)
         if mask is None:
-            log(f"note: {scene.cube_path}: no ground truth (no 2-D array of the scene's size in the file); "
+            (log or _log.info)(f"note: {scene.cube_path}: no ground truth (no 2-D array of the scene's size in the file); "
                 "detection only, its metrics are NaN and left out of the means")
         elif not mask.any():
-            log(f"warning: {scene.cube_path}: the ground truth has no anomaly pixel; its AUC is undefined (NaN) "
+            (log or _log.warning)(f"warning: {scene.cube_path}: the ground truth has no anomaly pixel; its AUC is undefined (NaN) "
                 "and left out of the mean")
     return cubes, masks, bands
 
@@ -240,7 +244,7 @@ def _synchronise(device: torch.device) -> None:
 
 def evaluate(detector: Detector, scenes: list[Scene], band_policy: str = "interp", batch_size: int = 16,
              detect: str = "RX", ae_steps: int = 50, ae_select: str = "last", seed: int = 0,
-             progress: bool = True, log=print) -> Evaluation:
+             progress: bool = True, log=None) -> Evaluation:
     """Score every scene and compute its AUC, 3D-ROC measures and F1-optimal threshold."""
     if detect not in ("RX", "AE"):
         raise ValueError("detect must be RX or AE")

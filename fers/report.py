@@ -14,6 +14,7 @@ background-suppression box plot, written atomically into ``<save_dir>/report/``.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from .outputs import OutputFolder, atomic_path
 from .metrics import auc as auc_score
 from .metrics import roc_curve
 from .preprocessing import minmax_scale
+
+_log = logging.getLogger(__name__)
 
 # False-colour bands as fractions of the band count: near-infrared, red and green for a
 # 400-2500 nm sensor such as AVIRIS (about 850, 650 and 550 nm).
@@ -191,7 +194,7 @@ def box_figure(path, names: list, masks: list, maps: dict) -> None:
     _save(figure, path)
 
 
-def write_method_report(report_dir, scenes: list, masks: list, maps: dict, log=print) -> Path:
+def write_method_report(report_dir, scenes: list, masks: list, maps: dict, log=None) -> Path:
     """All report PNGs for several methods: ``maps`` is ``{label: [map (H, W) per scene]}``.
     The false-colour composites read the scene cubes again (one at a time)."""
     from .datasets import load_scene
@@ -209,8 +212,8 @@ def write_method_report(report_dir, scenes: list, masks: list, maps: dict, log=p
             roc_figure(staging / "roc_curves.png", names, masks, maps)
             box_figure(staging / "background_suppression.png", names, masks, maps)
         else:
-            log("note: no scene has both anomaly and background pixels; ROC and box plots skipped")
-    log(f"report written to {report_dir}")
+            (log or _log.info)("note: no scene has both anomaly and background pixels; ROC and box plots skipped")
+    (log or _log.info)(f"report written to {report_dir}")
     return report_dir
 
 
