@@ -31,7 +31,7 @@ __version__ = "0.1.0"
 # public name -> (module, attribute); None: the module itself
 _API = {
     "Detector": ("fers.evaluation", "Detector"),
-    "rx_scores": ("fers.detectors", "rx_map"),
+    "rx_scores": ("fers.scene_detection", "rx_map"),
     "prepare_cube": ("fers.preprocessing", "prepare_cube"),
     "load_cube": ("fers.io", "load_cube"),
     "load_mask": ("fers.io", "load_mask"),

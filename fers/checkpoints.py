@@ -9,7 +9,6 @@ Files are written atomically (temporary file, then rename).
 
 from __future__ import annotations
 
-import errno
 import pickle
 import zipfile
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 
 from .errors import FersError
 from .fen import FEN, REFERENCE_BACKBONE
-from .io import atomic_path
+from .outputs import _first_sentence, atomic_torch_save
 from .restoration import RestorationNetwork, drop_legacy_attention_biases
 from .spatial_branch import SPATIAL_BACKBONE, SpatialBranch
 
@@ -56,10 +55,6 @@ def read_checkpoint(path) -> dict:
     if isinstance(payload, dict) and all(torch.is_tensor(v) for v in payload.values()):
         return {"state_dict": payload}  # a bare state dict
     raise FersError(f"{path}: not a checkpoint of the reference format {{'state_dict': ...}}")
-
-
-def _first_sentence(error: Exception) -> str:
-    return str(error).splitlines()[0].split(". ")[0][:120] if str(error) else error.__class__.__name__
 
 
 def _load_strict(module: torch.nn.Module, payload: dict, path: Path) -> None:
@@ -148,11 +143,3 @@ def load_restoration(folder, channels: int, map_location="cpu", log=print) -> Re
     _load_strict(network, payload, path)
     return network.to(map_location).eval()
 
-
-def atomic_torch_save(path, payload) -> None:
-    """``torch.save`` through a temporary file and a rename: a kill never leaves a corrupt file."""
-    with atomic_path(path) as tmp:
-        try:
-            torch.save(payload, tmp)
-        except RuntimeError as error:  # torch reports a failed write (disk full, quota) this way
-            raise OSError(errno.EIO, f"writing {Path(path).name} failed: {_first_sentence(error)}") from None

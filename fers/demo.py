@@ -96,7 +96,7 @@ def main(argv=None):
     summary = {"fers_mean_auc": fers["mean_auc"], "rx_mean_auc": rx_mean, "seconds": elapsed, "bands": args.bands,
                "quick": args.quick, "reductions": REDUCTIONS, "fers_per_scene": {r["name"]: r["auc"] for r in fers["scenes"]},
                "rx_per_scene": rx_auc}
-    from .io import write_json
+    from .outputs import write_json
 
     write_json(output / "demo.json", summary)
     return 0

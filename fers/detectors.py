@@ -1,9 +1,6 @@
-"""Training-free detectors that score every pixel: global RX, local dual-window RX,
-the reference fusion of the two feature branches, and the per-scene autoencoder.
-
-RX (Reed & Yu, IEEE TASSP 1990): ``s(x) = (x − μ)ᵀ Σ⁺ (x − μ)`` with the sample mean μ and
-covariance Σ (divided by n − 1) of the scene, Σ⁺ its pseudo-inverse. As in the reference,
-each cube is first min-max scaled to [0, 1].
+"""Training-free detectors that score every pixel: global RX (statistics and solver in
+:mod:`fers.rx`), local dual-window RX, the reference fusion of the two feature branches, and the
+per-scene autoencoder. As in the reference, each cube is first min-max scaled to [0, 1].
 """
 
 from __future__ import annotations
@@ -11,11 +8,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .preprocessing import minmax_scale
+from .rx import (GRAM_BLOCKED_MIN_CHANNELS, NUMPY_PINV_RCOND, RX_CHOLESKY_MAX_CONDITION,  # noqa: F401 (re-exported)
+                 RX_SCENES_PER_CHUNK, batch_statistics, reference_inverse, solve_covariance)
+
 RX_PRECISIONS = ("reference", "float64", "float32")
 FUSIONS = ("auto", "sum", "product")
 BRANCHES = ("both", "spectral", "spatial")
-RX_SCENES_PER_CHUNK = {"cpu": 1}  # float64 RX: scenes per solve by device type (absent = whole batch)
-NUMPY_PINV_RCOND = 1e-15  # np.linalg.pinv's default cutoff, relative to the largest singular value
 
 
 def _as_pixels(cubes: torch.Tensor) -> torch.Tensor:
@@ -24,100 +23,17 @@ def _as_pixels(cubes: torch.Tensor) -> torch.Tensor:
     return cubes.reshape(n, c, h * w).transpose(1, 2)
 
 
-def _unit_scale(pixels: torch.Tensor) -> torch.Tensor:
-    """Min-max scale each cube (all its values) to [0, 1]."""
-    flat = pixels.reshape(pixels.shape[0], -1)
-    low = flat.min(1).values.view(-1, 1, 1)
-    high = flat.max(1).values.view(-1, 1, 1)
-    return (pixels - low) / (high - low).clamp_min(torch.finfo(pixels.dtype).tiny)
-
-
-RX_CHOLESKY_MAX_CONDITION = 1e10  # estimated condition number above which RX takes the eigen (pinv) path
-
-
-def _inverse_norm_estimate(factor: torch.Tensor, probes: int = 4, steps: int = 2) -> torch.Tensor:
-    """A lower estimate of ``‖Σ⁻¹‖₂`` per matrix from its Cholesky factor ``(N, C, C)``: inverse
-    iteration on a few fixed pseudo-random vectors (a few ``C²`` solves, no decomposition)."""
-    n, c, _ = factor.shape
-    generator = torch.Generator().manual_seed(0)
-    probe = torch.randn(c, probes, generator=generator, dtype=factor.dtype).to(factor.device).expand(n, c, probes)
-    for _ in range(steps):
-        probe = torch.cholesky_solve(probe / torch.linalg.vector_norm(probe, dim=1, keepdim=True), factor)
-    return torch.linalg.vector_norm(probe, dim=1).amax(-1)
-
-
-def _rx_eigen(centred: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
-    """``zᵀ Σ⁺ z`` for ``centred`` ``(N, C, P)`` by a symmetric eigendecomposition, keeping eigenvalues
-    above ``1e-15 × λ_max``: the semantics of ``np.linalg.pinv``."""
-    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-    cutoff = NUMPY_PINV_RCOND * eigenvalues.abs().amax(-1, keepdim=True)
-    keep = eigenvalues.abs() > cutoff
-    inverse = torch.where(keep, 1.0 / torch.where(keep, eigenvalues, torch.ones_like(eigenvalues)),
-                          torch.zeros_like(eigenvalues))
-    projected = eigenvectors.transpose(1, 2) @ centred
-    return (projected.square() * inverse.unsqueeze(-1)).sum(1)
-
-
-GRAM_BLOCKED_MIN_CHANNELS = 128  # below this, two half-size products are slower than one (measured)
-
-
-def _gram(rows: torch.Tensor) -> torch.Tensor:
-    """``rows @ rowsᵀ`` for ``(N, C, P)``. From ``GRAM_BLOCKED_MIN_CHANNELS`` channels on, only the
-    two diagonal blocks and one off-diagonal block are multiplied (3/4 of the products; the matrix
-    is symmetric), which BLAS's general product cannot know."""
-    n, c, _ = rows.shape
-    if c < GRAM_BLOCKED_MIN_CHANNELS:
-        return rows @ rows.mT
-    half = c // 2
-    top, bottom = rows[:, :half], rows[:, half:]
-    gram = torch.empty(n, c, c, dtype=rows.dtype, device=rows.device)
-    torch.matmul(top, top.mT, out=gram[:, :half, :half])
-    torch.matmul(bottom, bottom.mT, out=gram[:, half:, half:])
-    torch.matmul(bottom, top.mT, out=gram[:, half:, :half])
-    gram[:, :half, half:] = gram[:, half:, :half].mT
-    return gram
-
-
-def _rx_float64(cubes: torch.Tensor) -> torch.Tensor:
-    """Float64 RX scores ``(N, P)`` of cubes ``(N, C, H, W)``.
-
-    Well-conditioned covariances (estimated condition number up to ``RX_CHOLESKY_MAX_CONDITION``,
-    where the pseudo-inverse truncates nothing and equals the inverse) are solved by Cholesky:
-    ``s = ‖L⁻¹ z‖²`` with ``Σ = L Lᵀ``, one triangular solve for all pixels. The others (rank-deficient:
-    duplicated bands, fewer pixels than bands) take the eigen path with ``np.linalg.pinv``'s cutoff.
+def _rx_float64(cubes: torch.Tensor, blocked_min_channels: int = GRAM_BLOCKED_MIN_CHANNELS) -> torch.Tensor:
+    """Float64 RX scores ``(N, P)`` of cubes ``(N, C, H, W)``: :func:`fers.rx.batch_statistics`,
+    :func:`fers.rx.solve_covariance`, one triangular solve (or eigen projection) for all pixels.
     The reference's min-max scaling to [0, 1] multiplies every centred value by one constant, which
-    ``zᵀ Σ⁺ z`` (and the relative cutoff) cancels, so it is left out: two passes fewer.
-    """
-    n, c, h, w = cubes.shape
-    # Pixel-major (channels-last) float64 copy: the triangular solve then reads the centred values
-    # as the column-major matrix LAPACK wants, with no transposed copy (a channels-last input, the
-    # networks' output layout, is not transposed either).
-    pixels = torch.empty((n, h, w, c), dtype=torch.float64, device=cubes.device)
-    pixels = pixels.permute(0, 3, 1, 2).copy_(cubes).view(n, c, h * w)
-    centred = pixels.sub_(pixels.mean(2, keepdim=True))
-    covariance = _gram(centred).div_(h * w - 1)
-    factor, info = torch.linalg.cholesky_ex(covariance)
-    trace = torch.diagonal(covariance, dim1=-2, dim2=-1).sum(-1)
-    condition = trace * _inverse_norm_estimate(factor)
-    cholesky = (info == 0) & torch.isfinite(condition) & (condition <= RX_CHOLESKY_MAX_CONDITION)
-
-    def whitened_norms(lower, values):
-        # ``values`` is overwritten: the solve runs in place (no copy of the pixels)
-        whitened = torch.linalg.solve_triangular(lower, values, upper=False, out=values)
-        return torch.linalg.vector_norm(whitened, dim=1).square_()
-
-    if bool(cholesky.all()):
-        return whitened_norms(factor, centred)
-    scores = torch.empty(n, h * w, dtype=torch.float64, device=cubes.device)
-    fast = cholesky.nonzero().flatten()
-    if fast.numel():
-        scores[fast] = whitened_norms(factor[fast], centred[fast])
-    slow = (~cholesky).nonzero().flatten()
-    scores[slow] = _rx_eigen(centred[slow], covariance[slow])
-    return scores
+    ``zᵀ Σ⁺ z`` (and the relative cutoff) cancels, so it is left out: two passes fewer."""
+    centred, covariance = batch_statistics(cubes, blocked_min_channels)
+    return solve_covariance(covariance).scores(centred)
 
 
-def rx_scores(cubes: torch.Tensor, precision: str = "float64") -> torch.Tensor:
+def rx_scores(cubes: torch.Tensor, precision: str = "float64", scenes_per_solve: int | None = None,
+              blocked_min_channels: int = GRAM_BLOCKED_MIN_CHANNELS) -> torch.Tensor:
     """Global RX scores ``(N, H, W)`` for cubes ``(N, C, H, W)`` (a batch of scenes, each with its
     own background statistics).
 
@@ -126,21 +42,25 @@ def rx_scores(cubes: torch.Tensor, precision: str = "float64") -> torch.Tensor:
       symmetric eigendecomposition keeping eigenvalues above ``1e-15 × λ_max``; no per-pixel loop.
     - ``float32``: the reference's 50-band path, in float32 with ``torch.linalg.pinv``'s default
       cutoff (``max(C, C) × eps32`` relative), which truncates small eigenvalues.
+
+    Tuning (float64): ``scenes_per_solve`` scenes per solve (default ``RX_SCENES_PER_CHUNK`` by
+    device type, else the whole batch); ``blocked_min_channels``: see :func:`fers.rx._gram`.
     """
     if cubes.ndim != 4:
         raise ValueError(f"rx_scores expects (N, C, H, W), got {tuple(cubes.shape)}")
     n, _, h, w = cubes.shape
     if precision == "float32":
-        pixels = _unit_scale(_as_pixels(cubes.float()))
+        pixels = minmax_scale(_as_pixels(cubes.float()), per_item=True)
         centred = pixels - pixels.mean(1, keepdim=True)
         covariance = centred.transpose(1, 2) @ centred / (centred.shape[1] - 1)
-        inverse = torch.linalg.pinv(covariance)
+        inverse = reference_inverse(covariance)
         scores = ((centred @ inverse) * centred).sum(-1)
     elif precision == "float64":
         # On the CPU one scene at a time keeps its float64 working set in cache (measured 1.6×
         # faster per scene than the whole batch at 64×64×200, and bounded memory); GPUs take the batch.
-        chunk = RX_SCENES_PER_CHUNK.get(cubes.device.type, n)
-        scores = torch.cat([_rx_float64(part) for part in cubes.split(chunk)]) if n else _rx_float64(cubes)
+        chunk = scenes_per_solve or RX_SCENES_PER_CHUNK.get(cubes.device.type, n)
+        scores = (torch.cat([_rx_float64(part, blocked_min_channels) for part in cubes.split(chunk)]) if n
+                  else _rx_float64(cubes, blocked_min_channels))
     else:
         raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
     return scores.reshape(n, h, w)
@@ -148,7 +68,8 @@ def rx_scores(cubes: torch.Tensor, precision: str = "float64") -> torch.Tensor:
 
 def rx_scores_numpy(cube: np.ndarray) -> np.ndarray:
     """Global RX of one ``(H, W, C)`` cube with NumPy: ``np.cov`` and ``np.linalg.pinv`` in float64.
-    The plain reference the batched :func:`rx_scores` is tested and benchmarked against."""
+    The plain reference the batched :func:`rx_scores` is tested and benchmarked against (kept
+    independent of the library's helpers on purpose)."""
     h, w, c = cube.shape
     pixels = np.asarray(cube, dtype=np.float64).reshape(-1, c)
     pixels = (pixels - pixels.min()) / (pixels.max() - pixels.min())
@@ -177,10 +98,7 @@ def resolve_fusion(fusion: str, channels: int) -> str:
 
 def unit_range(scores: torch.Tensor) -> torch.Tensor:
     """Min-max scale each map of ``(N, H, W)`` to [0, 1] (a constant map becomes 0)."""
-    flat = scores.reshape(scores.shape[0], -1)
-    low = flat.min(1).values.view(-1, 1, 1)
-    span = (flat.max(1).values.view(-1, 1, 1) - low)
-    return (scores - low) / torch.where(span > 0, span, torch.ones_like(span))
+    return minmax_scale(scores, per_item=True)
 
 
 def fused_scores(cubes, spectral_features=None, spatial_features=None, fusion: str = "auto",
@@ -224,7 +142,7 @@ def local_rx_scores(cube: torch.Tensor, inner: int = 5, outer: int = 15, ridge: 
     c, h, w = cube.shape
     device = cube.device
     data = cube.double().reshape(c, -1).T  # (P, C)
-    data = (data - data.min()) / (data.max() - data.min()).clamp_min(1e-300)
+    data = minmax_scale(data)
     if components and components < c:
         centred = data - data.mean(0)
         _, eigenvectors = torch.linalg.eigh(centred.T @ centred)

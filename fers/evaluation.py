@@ -4,9 +4,7 @@ autoencoder, measure, and write the reference outputs plus ``results.json``/``re
 from __future__ import annotations
 
 import copy as _copy
-import csv
-import io as _io
-import math
+import logging
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -19,10 +17,14 @@ from . import detectors
 from .checkpoints import band_folder, load_fen, load_spatial_branch
 from .datasets import Scene, load_scene
 from .errors import FersError
-from .io import OutputFolder, save_mat, sha256_file, write_json, write_text
-from .metrics import METRIC_NAMES, auc, f1_optimal_threshold, mean_ignoring_nan, roc3d_metrics
+from .io import sha256_file
+from .metrics import auc, mean_ignoring_nan
+from .outputs import OutputFolder, save_mat, write_text
 from .preprocessing import prepare_cube, to_chw
+from .results import measure, scene_row, summary, write_results
 from .utils import versions
+
+_log = logging.getLogger(__name__)
 
 
 def inference_copy(module: torch.nn.Module, channels_last: bool = False) -> torch.nn.Module:
@@ -50,14 +52,29 @@ def inference_copy(module: torch.nn.Module, channels_last: bool = False) -> torc
     return copy.requires_grad_(False)
 
 
+# Scenes per forward pass, by network and device type (absent: the whole batch). Measured on
+# the CPU at 200 bands: the FEN's 72×72 maps stay in cache two scenes at a time, while the
+# spatial branch's 4×4 and 8×8 layers need four scenes to keep the cores busy.
+NETWORK_CHUNK = {"fen": {"cpu": 2}, "spatial": {"cpu": 4}}
+# Scenes carried together through features, fusion and RX by :meth:`Detector.score`: on the CPU a
+# few at a time, so that intermediates stay small enough to reuse freed memory instead of mapping
+# (and page-faulting) fresh hundreds of MiB per batch (measured: a 3-way sum of 100 scenes ran
+# at a third of the speed of the same sum four scenes at a time).
+PIPELINE_CHUNK = {"cpu": 4}
+
+
 class Detector:
     """The trained networks of one band setting and the rules to turn them into anomaly maps.
 
     ``fen`` and/or ``spatial`` may be None: with neither, the detector is plain global RX.
+    ``network_chunk``/``pipeline_chunk``: scenes per forward pass / per pass through the whole
+    pipeline, by device type (defaults ``NETWORK_CHUNK``, ``PIPELINE_CHUNK``).
     """
 
     def __init__(self, channels: int, fen=None, spatial=None, device="cpu", fusion="auto",
-                 rx_precision="reference"):
+                 rx_precision="reference", network_chunk: dict | None = None, pipeline_chunk: dict | None = None):
+        self.network_chunk = _copy.deepcopy(NETWORK_CHUNK if network_chunk is None else network_chunk)
+        self.pipeline_chunk = dict(PIPELINE_CHUNK if pipeline_chunk is None else pipeline_chunk)
         self.channels = channels
         self.device = torch.device(device)
         self.fen = fen.to(self.device).eval() if fen is not None else None
@@ -94,15 +111,6 @@ class Detector:
     # Inference speed-ups (same results to float32 rounding): BatchNorm folded into the
     # convolutions, channels-last layout on the CPU, networks run on chunks of scenes.
     fast_inference = True
-    # Scenes per forward pass, by network and device type (absent: the whole batch). Measured on
-    # the CPU at 200 bands: the FEN's 72×72 maps stay in cache two scenes at a time, while the
-    # spatial branch's 4×4 and 8×8 layers need four scenes to keep the cores busy.
-    network_chunk = {"fen": {"cpu": 2}, "spatial": {"cpu": 4}}
-    # Scenes carried together through features, fusion and RX by :meth:`score`: on the CPU a few
-    # at a time, so that intermediates stay small enough to reuse freed memory instead of mapping
-    # (and page-faulting) fresh hundreds of MiB per batch (measured: a 3-way sum of 100 scenes ran
-    # at a third of the speed of the same sum four scenes at a time).
-    pipeline_chunk = {"cpu": 4}
 
     def _inference_networks(self):
         """``(fen, spatial)`` to run: the originals, or cached inference copies rebuilt whenever a
@@ -150,6 +158,20 @@ class Detector:
             maps.append(detectors.fused_scores(part, spectral, spatial, self.fusion, self.rx_precision))
         return torch.cat(maps) if len(maps) != 1 else maps[0]
 
+    def detect(self, cube: np.ndarray, band_policy: str = "interp", tile: int = 64, overlap: int = 16,
+               background: str = "tile", batch_size: int = 16, progress: bool = False,
+               name: str = "cube") -> np.ndarray:
+        """Anomaly map ``(H, W)`` float64 of a raw cube ``(H, W, B)`` of any size, as ``detect.py``
+        computes it: validation, ``band_policy`` to this detector's C bands and the reference
+        scaling (:func:`fers.preprocessing.prepare_cube`), then overlapping ``tile``×``tile`` tiles
+        blended without seams, with the RX background per tile or ``"global"``
+        (:func:`fers.scene_detection.detect_scene`). A scene no larger than one tile gives exactly
+        :meth:`score` of the whole scene (the map of ``FERS_ABU/test.py``)."""
+        from .scene_detection import detect_scene
+
+        prepared, _ = prepare_cube(cube, self.channels, band_policy, name)
+        return detect_scene(self, prepared, tile, overlap, background, batch_size, progress)
+
     def enhanced(self, cubes: torch.Tensor) -> torch.Tensor:
         """The cube plus all branch features: the input of the autoencoder detector."""
         with torch.inference_mode():
@@ -175,10 +197,10 @@ class SceneResult:
     def row(self) -> dict:
         """One results row. ``seconds_batch_average``: the wall time of the scene's batch divided by
         the scenes in it (``batch_scenes``); ``seconds`` is the same number, kept for older readers."""
-        return {"name": self.name, "auc": self.auc, "seconds": self.seconds,
-                "seconds_batch_average": self.seconds, "batch_scenes": self.batch_scenes,
-                "labelled": self.labelled, "bands": self.bands,
-                "height": self.shape[0], "width": self.shape[1], **self.metrics, **self.extra}
+        row = scene_row(self.name, {"auc": self.auc, **self.metrics}, seconds=self.seconds,
+                        seconds_batch_average=self.seconds, batch_scenes=self.batch_scenes, labelled=self.labelled,
+                        bands=self.bands, height=self.shape[0], width=self.shape[1])
+        return {**row, **self.extra}
 
 
 @dataclass
@@ -196,10 +218,11 @@ class Evaluation:
         return mean_ignoring_nan(r.auc for r in self.results)
 
 
-def load_inputs(scenes: list[Scene], channels: int, band_policy: str, log=print):
+def load_inputs(scenes: list[Scene], channels: int, band_policy: str, log=None):
     """Load, validate and normalise every scene before any detection runs, so a bad file stops the
     run before anything is written. Returns ``(cubes (H, W, C) float32, masks, band descriptions)``;
-    the mask of an unlabelled scene is None."""
+    the mask of an unlabelled scene is None. Notes and warnings go to ``log`` (a callable taking
+    one line), by default the ``fers`` logger."""
     cubes, masks, bands = [], [], []
     for scene in scenes:
         cube, mask = load_scene(scene)
@@ -208,10 +231,10 @@ def load_inputs(scenes: list[Scene], channels: int, band_policy: str, log=print)
         masks.append(mask)
         bands.append(description)
         if mask is None:
-            log(f"note: {scene.cube_path}: no ground truth (no 2-D array of the scene's size in the file); "
+            (log or _log.info)(f"note: {scene.cube_path}: no ground truth (no 2-D array of the scene's size in the file); "
                 "detection only, its metrics are NaN and left out of the means")
         elif not mask.any():
-            log(f"warning: {scene.cube_path}: the ground truth has no anomaly pixel; its AUC is undefined (NaN) "
+            (log or _log.warning)(f"warning: {scene.cube_path}: the ground truth has no anomaly pixel; its AUC is undefined (NaN) "
                 "and left out of the mean")
     return cubes, masks, bands
 
@@ -235,7 +258,7 @@ def _synchronise(device: torch.device) -> None:
 
 def evaluate(detector: Detector, scenes: list[Scene], band_policy: str = "interp", batch_size: int = 16,
              detect: str = "RX", ae_steps: int = 50, ae_select: str = "last", seed: int = 0,
-             progress: bool = True, log=print) -> Evaluation:
+             progress: bool = True, log=None) -> Evaluation:
     """Score every scene and compute its AUC, 3D-ROC measures and F1-optimal threshold."""
     if detect not in ("RX", "AE"):
         raise ValueError("detect must be RX or AE")
@@ -279,13 +302,8 @@ def evaluate(detector: Detector, scenes: list[Scene], band_policy: str = "interp
     total = time.perf_counter() - started
     results = []
     for index, scene in enumerate(scenes):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            scene_auc = auc(scores[index], masks[index])
-            metrics = roc3d_metrics(scores[index], masks[index])
-            f1 = (f1_optimal_threshold(scores[index], masks[index]) if masks[index].any()
-                  else {"threshold": math.nan, "f1": math.nan})
-        metrics.update({"f1": f1["f1"], "f1_threshold": f1["threshold"]})
+        metrics = measure(scores[index], masks[index])
+        scene_auc = metrics.pop("auc")
         results.append(SceneResult(scene.name, scene_auc, seconds[index], bands[index], cubes[index].shape[:2],
                                    metrics, extras[index], labelled[index], batch_scenes[index]))
     config = {**detector.describe(), "detect": detect, "band_policy": band_policy, "batch_size": batch_size,
@@ -338,17 +356,10 @@ def write_outputs(save_dir, evaluation: Evaluation, run_config: dict, title: str
     ``results.json`` and ``results.csv`` all-or-nothing into ``save_dir``."""
     save_dir = Path(save_dir)
     results = evaluation.results
-    mean, covered = evaluation.mean_auc
     oracle = bool(evaluation.config.get("ae_selection_uses_ground_truth"))
-    means = {name: mean_ignoring_nan(r.metrics[name] for r in results)[0] for name in METRIC_NAMES + ("f1",)}
     payload = {
         "title": title,
-        "scenes": [r.row() for r in results],
-        "mean_auc": mean,
-        "scenes_covered": covered,
-        "scenes_total": len(results),
-        "scenes_labelled": sum(r.labelled for r in results),
-        "mean_metrics": means,
+        **summary([r.row() for r in results]),
         "total_seconds": evaluation.total_seconds,
         "seconds_per_scene": evaluation.total_seconds / max(len(results), 1),
         "seconds_note": SECONDS_NOTE,
@@ -362,21 +373,14 @@ def write_outputs(save_dir, evaluation: Evaluation, run_config: dict, title: str
     names = [r.name for r in results]
     with OutputFolder(save_dir) as out:
         write_text(out / "each_auc.txt", "".join(f"{r.name}:{r.auc}\n" for r in results)
-                   + (f"# ORACLE selection (--ae_select oracle)\n" if oracle else ""))
+                   + ("# ORACLE selection (--ae_select oracle)\n" if oracle else ""))
         write_text(out / "test_list.txt", "".join(f"{name}\n" for name in names))
         write_text(out / "log.txt", "\n".join(summary_lines(evaluation, title)) + "\n")
         save_mat(out / "scores.mat", {"scores": _stack_or_cells(evaluation.scores), "names": np.array(names, dtype=object)})
         save_mat(out / "gts.mat", {"gts": _stack_or_cells([m.astype(np.uint8) for m in evaluation.masks]),
                                    "names": np.array(names, dtype=object),
                                    "labelled": np.array([r.labelled for r in results], dtype=np.uint8)})
-        write_json(out / "results.json", payload)
-        buffer = _io.StringIO()
-        rows = [r.row() for r in results]
-        columns = list(dict.fromkeys(key for row in rows for key in row))
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        writer.writerow({"name": "mean", "auc": mean, **means, "seconds": payload["seconds_per_scene"],
-                         "seconds_batch_average": payload["seconds_per_scene"]})
-        write_text(out / "results.csv", buffer.getvalue())
+        write_results(out, payload, payload["scenes"],
+                      [{"name": "mean", **payload["mean_metrics"], "seconds": payload["seconds_per_scene"],
+                        "seconds_batch_average": payload["seconds_per_scene"]}])
     return save_dir

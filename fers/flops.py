@@ -16,7 +16,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .detectors import GRAM_BLOCKED_MIN_CHANNELS
+from .rx import GRAM_BLOCKED_MIN_CHANNELS
 
 
 def _layer_macs(module: nn.Module, inputs, output) -> int:

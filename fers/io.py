@@ -1,4 +1,4 @@
-"""Reading hyperspectral cubes and masks, and writing outputs atomically.
+"""Reading hyperspectral cubes and masks (writing lives in :mod:`fers.outputs`, re-exported here).
 
 One array layout after loading: cubes are ``(rows, cols, bands)`` NumPy arrays, masks are
 ``(rows, cols)`` boolean arrays. A cube stored bands-first is transposed here, at load time
@@ -8,18 +8,16 @@ One array layout after loading: cubes are ``(rows, cols, bands)`` NumPy arrays, 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import FersError
+from .outputs import (OutputFolder, _json_default, _missing_parents, _remove_empty, _umask,  # noqa: F401 (re-exported)
+                      atomic_path, atomic_torch_save, check_writable_dir, ensure_writable_dir, save_mat, save_npy,
+                      staged_layout, write_csv, write_error, write_errors, write_json, write_text)
 
 CUBE_SUFFIXES = (".mat", ".npy", ".npz", ".hdr")
 MASK_SUFFIXES = (".png", ".mat", ".npy", ".tif", ".tiff", ".bmp")
@@ -356,158 +354,3 @@ def sha256_file(path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------- writing
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_text(path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
-
-
-def write_json(path, payload) -> None:
-    write_text(path, json.dumps(payload, indent=2, default=_json_default, allow_nan=True) + "\n")
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value)}")
-
-
-def save_npy(path, array) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
-
-
-def save_mat(path, variables: dict) -> None:
-    import scipy.io
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            scipy.io.savemat(handle, variables)
-
-
-def _missing_parents(path: Path) -> list[Path]:
-    """``path`` and its ancestors that do not exist yet, deepest first."""
-    missing = []
-    for folder in (path, *path.parents):
-        if folder.exists() or folder.is_symlink():
-            break
-        missing.append(folder)
-    return missing
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """Remove the folders a failed run created (deepest first), as long as they are empty."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            break
-
-
-class OutputFolder:
-    """All-or-nothing outputs: files are written into a hidden staging folder inside
-    ``save_dir`` and moved into place when the block succeeds; on any failure the staging
-    folder is removed, and so are ``save_dir`` and its parents if this run created them,
-    so a failed run leaves nothing behind.
-
-    >>> with OutputFolder("results/x") as out:
-    ...     write_json(out / "results.json", {...})
-    """
-
-    def __init__(self, save_dir, flag: str = "--save_dir", what: str = "the results"):
-        self.save_dir = Path(save_dir)
-        self.flag = flag  # the option that chooses this folder, named in error messages
-        self.what = what
-        self.staging: Path | None = None
-        self.created: list[Path] = []
-
-    def __enter__(self) -> Path:
-        self.created = _missing_parents(self.save_dir)
-        try:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
-            self.staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.save_dir))
-        except OSError as error:
-            _remove_empty(self.created)
-            raise FersError(f"{self.save_dir}: cannot create the output folder ({error.strerror}); "
-                            f"choose a writable {self.flag}") from None
-        return self.staging
-
-    def __exit__(self, exc_type, exc, tb):
-        assert self.staging is not None
-        moved = False
-        try:
-            if exc_type is None:
-                try:
-                    for item in sorted(self.staging.iterdir()):
-                        os.replace(item, self.save_dir / item.name)
-                        moved = True
-                except OSError as error:
-                    raise self._write_error(error) from None
-        finally:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            if exc_type is not None or not moved:
-                _remove_empty(self.created)
-        if exc_type is not None and issubclass(exc_type, OSError):
-            raise self._write_error(exc) from None
-        return False
-
-    def _write_error(self, error: OSError) -> FersError:
-        return FersError(f"{self.save_dir}: cannot write {self.what} ({error.strerror or error}); "
-                         f"free disk space or choose another {self.flag}")
-
-
-def ensure_writable_dir(path, flag: str = "--save_dir") -> Path:
-    """Create ``path`` if needed and check that files can be written there."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise FersError(f"{path}: output folder is not writable ({error.strerror}); choose another {flag}") from None
-    return path
-
-
-def check_writable_dir(path, flag: str = "--save_dir") -> Path:
-    """Check up front that ``path`` can be created and written, leaving nothing behind: folders
-    created for the check are removed again (the results are written later by :class:`OutputFolder`,
-    so a run that fails in between leaves no empty results folder)."""
-    path = Path(path)
-    created = _missing_parents(path)
-    try:
-        ensure_writable_dir(path, flag)
-    finally:
-        _remove_empty(created)
-    return path

@@ -35,6 +35,8 @@ import warnings
 import numpy as np
 from scipy.stats import rankdata
 
+from .preprocessing import minmax_scale
+
 METRIC_NAMES = ("auc_df", "auc_dtau", "auc_ftau", "auc_td", "auc_bs", "auc_tdbs", "auc_odp", "auc_od",
                 "snpr_db")
 
@@ -89,8 +91,7 @@ def roc3d_metrics(scores, mask, adaptive: bool = False) -> dict:
         return {name: math.nan for name in METRIC_NAMES}
     if adaptive:
         scores = np.minimum(scores, np.median(scores[mask]))
-    span = scores.max() - scores.min()
-    scaled = (scores - scores.min()) / span if span > 0 else np.zeros_like(scores)
+    scaled = minmax_scale(scores)
     false_alarm, detection, thresholds = roc_curve(scaled, mask)
     # Probabilities as functions of τ over [0, 1], from τ = 0 (P = 1) to τ = 1.
     tau = thresholds[1:][::-1]
@@ -184,8 +185,7 @@ def tie_sensitivity(scores, mask, rtol: float = 1e-9) -> dict:
     names = ("auc",) + METRIC_NAMES
     if n_d == 0 or n_f == 0:
         return {name: math.nan for name in names}
-    span = scores.max() - scores.min()
-    scaled = (scores - scores.min()) / span if span > 0 else np.zeros_like(scores)
+    scaled = minmax_scale(scores)
     anomalies, background, gaps = _tied_groups(scaled, mask, rtol)
     tied = anomalies + background > 1
     anomalies, background, gaps = anomalies[tied], background[tied], gaps[tied]

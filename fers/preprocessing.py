@@ -3,6 +3,9 @@ and the reference normalisation."""
 
 from __future__ import annotations
 
+import math
+import sys
+
 import numpy as np
 
 from .errors import FersError
@@ -10,7 +13,55 @@ from .errors import FersError
 INPUT_SCALE = 0.1
 BAND_POLICIES = ("first", "interp", "error")
 # Fill values that sensors and processing chains write for missing pixels.
+CHUNK_BYTES = 64 * 2 ** 20  # float64 working set of one row chunk (prepare_cube, chunked RX)
 NODATA_VALUES = (-9999.0, -32768.0, 1e-34, -1e34, -3.4028234663852886e38)
+
+
+def minmax_scale(values, low=None, high=None, per_item: bool = False):
+    """Min-max scale NumPy ``values`` or a torch tensor to [0, 1]: ``(values − low) / (high − low)``
+    with the one zero-span rule of FERS: where ``high − low`` is not positive (a constant map or
+    cube) the result is 0. ``low``/``high`` default to the minimum/maximum of all values, or of each
+    item along the first axis with ``per_item``; arrays broadcast (per-channel bounds)."""
+    torch = sys.modules.get("torch")
+    is_tensor = torch is not None and isinstance(values, torch.Tensor)
+    if low is None or high is None:
+        if per_item:
+            flat = values.reshape(values.shape[0], -1)
+            shape = (-1,) + (1,) * (values.ndim - 1)
+            if is_tensor:
+                found = flat.min(1).values.view(shape), flat.max(1).values.view(shape)
+            else:
+                found = flat.min(1).reshape(shape), flat.max(1).reshape(shape)
+        else:
+            found = values.min(), values.max()
+        low = found[0] if low is None else low
+        high = found[1] if high is None else high
+    span = high - low
+    if is_tensor:
+        return (values - low) / torch.where(span > 0, span, torch.ones_like(span))
+    if np.ndim(span) == 0:
+        return (values - low) / span if span > 0 else np.zeros_like(values)
+    return (values - low) / np.where(span > 0, span, 1.0)
+
+
+def reference_scaling(values: np.ndarray, low, high) -> np.ndarray:
+    """The reference input scaling: ``[low, high]`` to [-1, 1], times ``INPUT_SCALE`` (float64)."""
+    return INPUT_SCALE * (2.0 * minmax_scale(np.asarray(values, dtype=np.float64), low, high) - 1.0)
+
+
+def nodata_pixels(cube: np.ndarray, low=None, high=None) -> dict:
+    """The one no-data scan: ``{fill value: (rows, cols) mask of the pixels holding it in any band}``
+    for the :data:`NODATA_VALUES` present (within ``rtol`` 1e-6); values outside ``[low, high]``
+    (default: the cube's range) are skipped without a scan."""
+    low = np.min(cube) if low is None else low
+    high = np.max(cube) if high is None else high
+    found = {}
+    for value in NODATA_VALUES:
+        if low - 1e-6 * abs(value) <= value <= high + 1e-6 * abs(value):  # skip values out of range
+            hit = np.isclose(cube, value, rtol=1e-6, atol=0).any(axis=2)
+            if hit.any():
+                found[value] = hit
+    return found
 
 
 def invalid_pixels(cube: np.ndarray) -> tuple[int, int]:
@@ -20,11 +71,9 @@ def invalid_pixels(cube: np.ndarray) -> tuple[int, int]:
         bad = int((~np.isfinite(cube)).any(axis=2).sum())
         if bad:
             return bad, 0
-    low, high = np.min(cube), np.max(cube)
     nodata = np.zeros(cube.shape[:2], dtype=bool)
-    for value in NODATA_VALUES:
-        if low - 1e-6 * abs(value) <= value <= high + 1e-6 * abs(value):  # skip values out of range
-            nodata |= np.isclose(cube, value, rtol=1e-6, atol=0).any(axis=2)
+    for hit in nodata_pixels(cube).values():
+        nodata |= hit
     return 0, int(nodata.sum())
 
 
@@ -62,7 +111,7 @@ def normalize_cube(cube: np.ndarray) -> np.ndarray:
     low, high = data.min(), data.max()
     if not high > low:
         raise ValueError("cannot normalise a constant cube")
-    return (INPUT_SCALE * (2.0 * (data - low) / (high - low) - 1.0)).astype(np.float32)
+    return reference_scaling(data, low, high).astype(np.float32)
 
 
 def apply_band_policy(cube: np.ndarray, channels: int, policy: str = "interp", name: str = "cube"):
@@ -80,14 +129,14 @@ def apply_band_policy(cube: np.ndarray, channels: int, policy: str = "interp", n
     bands = cube.shape[2]
     if policy == "error" and bands != channels:
         raise FersError(f"{name}: has {bands} bands but the model takes {channels} "
-                        "(--band_policy error); use --band_policy first or interp, or a model for "
-                        f"{bands} bands")
+                        "(band_policy error); use band_policy first or interp, or a model for "
+                        f"{bands} bands", parameters=("band_policy",))
     if bands >= channels:
         return cube[:, :, :channels], (f"first {channels} of {bands} bands" if bands > channels
                                        else f"all {bands} bands")
     if policy == "first":
         raise FersError(f"{name}: has {bands} bands, fewer than the model's {channels}; "
-                        "use --band_policy interp or a model for fewer bands")
+                        "use band_policy interp or a model for fewer bands", parameters=("band_policy",))
     return interpolate_bands(cube, channels), f"{bands} bands linearly interpolated to {channels}"
 
 
@@ -103,14 +152,58 @@ def interpolate_bands(cube: np.ndarray, channels: int) -> np.ndarray:
     return result.astype(np.result_type(cube.dtype, np.float32))
 
 
-def prepare_cube(cube: np.ndarray, channels: int, policy: str = "interp", name: str = "cube"):
+def chunk_rows(cube_shape, chunk_bytes: int = None, itemsize: int = 8) -> int:
+    """Rows of a ``(rows, cols, bands)`` cube per chunk of about ``chunk_bytes`` (``CHUNK_BYTES``)."""
+    _, cols, bands = cube_shape
+    return max(1, (chunk_bytes or CHUNK_BYTES) // max(1, cols * bands * itemsize))
+
+
+def prepare_cube(cube: np.ndarray, channels: int, policy: str = "interp", name: str = "cube",
+                 chunk_bytes: int | None = None):
     """Validate, apply the band policy and normalise: the network input ``(rows, cols, C)`` float32
-    and a description of the band policy used."""
-    validate_cube(cube, name)
-    cube, description = apply_band_policy(cube, channels, policy, name)
-    if not np.max(cube) > np.min(cube):
+    and a description of the band policy used.
+
+    The checks and their order are :func:`validate_cube`'s, then the band policy, then a constant
+    selection is rejected; the scaling is :func:`normalize_cube`'s with the whole cube's range. It
+    runs in row chunks of about ``chunk_bytes`` in float64 (two passes), so a scene of ``H·W·C``
+    values needs ``H·W·C`` float32 plus one chunk, not several float64 copies; ``cube`` may be a
+    read-only memory map.
+    """
+    if cube.ndim != 3:
+        raise FersError(f"{name}: expected a 3-D cube (rows, cols, bands), got shape {tuple(cube.shape)}")
+    rows = chunk_rows(cube.shape, chunk_bytes)
+    bad = nodata = 0
+    low = selected_low = math.inf
+    high = selected_high = -math.inf
+    description, policy_error = "", None
+    for start in range(0, cube.shape[0], rows):
+        chunk = np.asarray(cube[start:start + rows])
+        chunk_bad, chunk_nodata = invalid_pixels(chunk)
+        bad, nodata = bad + chunk_bad, nodata + chunk_nodata
+        if bad:
+            continue
+        low, high = min(low, float(np.min(chunk))), max(high, float(np.max(chunk)))
+        if policy_error is None:
+            try:
+                selected, description = apply_band_policy(chunk, channels, policy, name)
+            except FersError as error:  # raised after the value checks, as validate_cube runs first
+                policy_error = error
+                continue
+            selected_low = min(selected_low, float(np.min(selected)))
+            selected_high = max(selected_high, float(np.max(selected)))
+    raise_invalid(name, bad, nodata)
+    if not high > low:
+        raise FersError(f"{name}: the cube is constant (every value is {low:g}); "
+                        "it holds no signal to detect anomalies in")
+    if policy_error is not None:
+        raise policy_error
+    if not selected_high > selected_low:
         raise FersError(f"{name}: the selected {channels} bands are constant; nothing to detect")
-    return normalize_cube(cube), description
+    prepared = np.empty(cube.shape[:2] + (channels,), dtype=np.float32)
+    for start in range(0, cube.shape[0], rows):
+        selected, _ = apply_band_policy(np.asarray(cube[start:start + rows]), channels, policy, name)
+        prepared[start:start + rows] = reference_scaling(selected, selected_low, selected_high)
+    return prepared, description
 
 
 def to_chw(cube: np.ndarray) -> np.ndarray:

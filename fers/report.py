@@ -14,14 +14,18 @@ background-suppression box plot, written atomically into ``<save_dir>/report/``.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
 import numpy as np
 
-from .io import OutputFolder, atomic_path
+from .outputs import OutputFolder, atomic_path
 from .metrics import auc as auc_score
 from .metrics import roc_curve
+from .preprocessing import minmax_scale
+
+_log = logging.getLogger(__name__)
 
 # False-colour bands as fractions of the band count: near-infrared, red and green for a
 # 400-2500 nm sensor such as AVIRIS (about 850, 650 and 550 nm).
@@ -55,13 +59,11 @@ def false_colour(cube: np.ndarray) -> np.ndarray:
     rgb = np.stack([np.asarray(cube[:, :, band], dtype=np.float64) for band in picks], axis=-1)
     low = np.percentile(rgb, 2, axis=(0, 1))
     high = np.percentile(rgb, 98, axis=(0, 1))
-    return np.clip((rgb - low) / np.where(high > low, high - low, 1.0), 0.0, 1.0)
+    return np.clip(minmax_scale(rgb, low, high), 0.0, 1.0)
 
 
 def _display(scores: np.ndarray) -> np.ndarray:
-    scores = np.asarray(scores, dtype=np.float64)
-    span = scores.max() - scores.min()
-    return (scores - scores.min()) / span if span > 0 else np.zeros_like(scores)
+    return minmax_scale(np.asarray(scores, dtype=np.float64))
 
 
 def save_heatmap(path, scores: np.ndarray, title: str) -> None:
@@ -192,7 +194,7 @@ def box_figure(path, names: list, masks: list, maps: dict) -> None:
     _save(figure, path)
 
 
-def write_method_report(report_dir, scenes: list, masks: list, maps: dict, log=print) -> Path:
+def write_method_report(report_dir, scenes: list, masks: list, maps: dict, log=None) -> Path:
     """All report PNGs for several methods: ``maps`` is ``{label: [map (H, W) per scene]}``.
     The false-colour composites read the scene cubes again (one at a time)."""
     from .datasets import load_scene
@@ -210,8 +212,8 @@ def write_method_report(report_dir, scenes: list, masks: list, maps: dict, log=p
             roc_figure(staging / "roc_curves.png", names, masks, maps)
             box_figure(staging / "background_suppression.png", names, masks, maps)
         else:
-            log("note: no scene has both anomaly and background pixels; ROC and box plots skipped")
-    log(f"report written to {report_dir}")
+            (log or _log.info)("note: no scene has both anomaly and background pixels; ROC and box plots skipped")
+    (log or _log.info)(f"report written to {report_dir}")
     return report_dir
 
 

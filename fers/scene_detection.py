@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import detectors
-from .errors import FersError
-from .preprocessing import INPUT_SCALE, apply_band_policy, invalid_pixels, raise_invalid, to_chw
+from .rx import reference_inverse, rx_statistics, solve_covariance
+from .preprocessing import CHUNK_BYTES as PREPARE_CHUNK_BYTES
+from .preprocessing import chunk_rows, minmax_scale, prepare_cube, to_chw
 
 BACKGROUNDS = ("tile", "global")
-CHUNK_BYTES = 64 * 2 ** 20  # float64 working set of one row chunk
+CHUNK_BYTES = PREPARE_CHUNK_BYTES  # float64 working set of one row chunk
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution × this = its standard deviation
 
 
@@ -30,42 +30,12 @@ MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution × this = its standard dev
 
 
 def _chunk_rows(cube_shape, itemsize: int = 8) -> int:
-    rows, cols, bands = cube_shape
-    return max(1, CHUNK_BYTES // max(1, cols * bands * itemsize))
+    return chunk_rows(cube_shape, CHUNK_BYTES, itemsize)
 
 
 def prepare_scene(cube: np.ndarray, channels: int, band_policy: str = "interp", name: str = "cube"):
-    """The network input of a whole scene, ``(H, W, C)`` float32, and the band-policy description.
-
-    Gives exactly :func:`fers.preprocessing.prepare_cube` (same checks, same band policy, the
-    reference scaling with the min and max of the whole scene), computed in row chunks so that a
-    scene of ``H·W·C`` values needs ``H·W·C`` float32 plus one chunk in float64, not several
-    float64 copies of the scene. ``cube`` may be a read-only memory map.
-    """
-    if cube.ndim != 3:
-        raise FersError(f"{name}: expected a 3-D cube (rows, cols, bands), got shape {tuple(cube.shape)}")
-    rows = _chunk_rows(cube.shape)
-    bad, nodata = 0, 0
-    low, high = math.inf, -math.inf
-    description = ""
-    for start in range(0, cube.shape[0], rows):
-        chunk = np.asarray(cube[start:start + rows])
-        chunk_bad, chunk_nodata = invalid_pixels(chunk)
-        bad, nodata = bad + chunk_bad, nodata + chunk_nodata
-        if bad:
-            continue
-        selected, description = apply_band_policy(chunk, channels, band_policy, name)
-        low, high = min(low, float(np.min(selected))), max(high, float(np.max(selected)))
-    raise_invalid(name, bad, nodata)
-    if not high > low:
-        raise FersError(f"{name}: the selected {channels} bands are constant; nothing to detect")
-    prepared = np.empty(cube.shape[:2] + (channels,), dtype=np.float32)
-    for start in range(0, cube.shape[0], rows):
-        selected, _ = apply_band_policy(np.asarray(cube[start:start + rows]), channels, band_policy, name)
-        data = np.asarray(selected, dtype=np.float64)
-        # The reference scaling of fers.preprocessing.normalize_cube, with the whole scene's range.
-        prepared[start:start + rows] = INPUT_SCALE * (2.0 * (data - low) / (high - low) - 1.0)
-    return prepared, description
+    """:func:`fers.preprocessing.prepare_cube` in row chunks of ``CHUNK_BYTES``."""
+    return prepare_cube(cube, channels, band_policy, name, chunk_bytes=CHUNK_BYTES)
 
 
 # --------------------------------------------------------------------------- tiling
@@ -175,9 +145,9 @@ def robust_standardise(maps: np.ndarray) -> np.ndarray:
 
 def global_rx_scores(cube: np.ndarray, precision: str = "float64") -> np.ndarray:
     """Global RX ``(H, W)`` float64 of one ``(H, W, C)`` cube, as :func:`fers.detectors.rx_scores`
-    computes it (cube min-max scaled to [0, 1], covariance /(n − 1), the same pseudo-inverse
-    rules), with the mean and covariance accumulated in float64 over row chunks: two passes
-    (mean, then centred scatter) so no float64 copy of the scene is ever made.
+    computes it (cube min-max scaled to [0, 1], covariance /(n − 1), the same solver:
+    :func:`fers.rx.solve_covariance`), with the mean and covariance accumulated in float64 over
+    row chunks (:func:`fers.rx.rx_statistics`) so no float64 copy of the scene is ever made.
 
     ``float32``: the covariance is still accumulated in float64 (a float32 sum over millions of
     pixels loses digits), then cast to float32 and inverted with ``torch.linalg.pinv``'s default
@@ -190,32 +160,21 @@ def global_rx_scores(cube: np.ndarray, precision: str = "float64") -> np.ndarray
     chunks = [slice(start, start + rows) for start in range(0, height, rows)]
     low = min(float(np.min(cube[part])) for part in chunks)
     high = max(float(np.max(cube[part])) for part in chunks)
-    span = max(high - low, np.finfo(np.float64).tiny)
 
     def unit_pixels(part):
-        return (np.asarray(cube[part], dtype=np.float64).reshape(-1, bands) - low) / span
+        return minmax_scale(np.asarray(cube[part], dtype=np.float64).reshape(-1, bands), low, high)
 
-    count = height * width
-    mean = sum(unit_pixels(part).sum(0) for part in chunks) / count
-    scatter = np.zeros((bands, bands))
-    for part in chunks:
-        centred = unit_pixels(part) - mean
-        scatter += centred.T @ centred
-    covariance = torch.from_numpy(scatter / (count - 1))
+    mean, covariance, _ = rx_statistics(lambda: (unit_pixels(part) for part in chunks))
+    covariance = torch.from_numpy(covariance)
     if precision == "float64":
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-        keep = eigenvalues.abs() > detectors.NUMPY_PINV_RCOND * eigenvalues.abs().max()
-        inverse_values = torch.where(keep, 1.0 / torch.where(keep, eigenvalues, torch.ones_like(eigenvalues)),
-                                     torch.zeros_like(eigenvalues)).numpy()
-        eigenvectors = eigenvectors.numpy()
+        whitening = solve_covariance(covariance[None])
     else:
-        inverse = torch.linalg.pinv(covariance.float()).numpy()
+        inverse = reference_inverse(covariance).numpy()
     scores = np.empty((height, width))
     for part in chunks:
         centred = unit_pixels(part) - mean
-        if precision == "float64":
-            projected = centred @ eigenvectors
-            values = (projected * projected) @ inverse_values
+        if precision == "float64":  # (1, C, P) view: the column-major layout the solve wants
+            values = whitening.scores(torch.from_numpy(centred).T[None])[0].numpy()
         else:
             centred = centred.astype(np.float32)
             values = ((centred @ inverse) * centred).sum(1)
@@ -223,12 +182,40 @@ def global_rx_scores(cube: np.ndarray, precision: str = "float64") -> np.ndarray
     return scores
 
 
-def _unit_range(scores: np.ndarray) -> np.ndarray:
-    span = scores.max() - scores.min()
-    return (scores - scores.min()) / span if span > 0 else np.zeros_like(scores)
-
-
 # --------------------------------------------------------------------------- the detection
+
+
+RX_BACKGROUNDS = ("global", "local")
+
+
+def rx_map(cube, background: str = "global", inner: int = 5, outer: int = 15, components: int | None = None,
+           precision: str = "float64") -> np.ndarray:
+    """Training-free RX (Reed & Yu 1990) of a cube ``(H, W, B)`` → ``(H, W)``, or of pixels
+    ``(N, B)`` → ``(N,)``, float64, like ``spectral.rx``: ``(x − μ)ᵀ Σ⁺ (x − μ)`` with the sample
+    covariance (n − 1) and its pseudo-inverse (exact inverse when well conditioned).
+
+    - ``background="global"``: μ and Σ over the whole scene, accumulated in row chunks (bounded
+      memory, :func:`global_rx_scores`); ``precision="float32"`` is the reference's 50-band path.
+    - ``background="local"``: dual-window RX, μ and Σ from the ring between an ``inner`` and an
+      ``outer`` odd square window (:func:`fers.detectors.local_rx_scores`; ``components`` principal
+      components first, None = every band). Needs a cube, not a pixel list.
+
+    No state is kept; the cube is not modified (a read-only memory map works).
+    """
+    if background not in RX_BACKGROUNDS:
+        raise ValueError(f"background must be one of {RX_BACKGROUNDS}, got {background!r}")
+    if not hasattr(cube, "ndim") or cube.ndim not in (2, 3):
+        raise ValueError(f"cube must be (rows, cols, bands) or pixels (N, bands), got shape {np.shape(cube)}")
+    if cube.ndim == 2:
+        if background == "local":
+            raise ValueError("background='local' needs a cube (rows, cols, bands), not a pixel list")
+        return global_rx_scores(np.asarray(cube)[:, None, :], precision)[:, 0]
+    if background == "global":
+        return global_rx_scores(cube, precision)
+    from .detectors import local_rx_scores
+
+    bands_first = torch.from_numpy(to_chw(np.asarray(cube, dtype=np.float64)))
+    return local_rx_scores(bands_first, inner, outer, components=components).numpy()
 
 
 def _tile_batches(grid: TileGrid, batch_size: int):
@@ -315,7 +302,7 @@ def detect_scene(detector, cube: np.ndarray, tile: int = 64, overlap: int = 16, 
             accumulator[part] += cube[part]
     maps = [global_rx_scores(enhanced, detector.rx_precision) for enhanced in accumulators]
     del accumulators
-    return _unit_range(maps[0]) * _unit_range(maps[1]) if product else maps[0]
+    return minmax_scale(maps[0]) * minmax_scale(maps[1]) if product else maps[0]
 
 
 def to_hwc_batch(features: torch.Tensor) -> np.ndarray:
@@ -337,13 +324,10 @@ def write_scene_results(staging, save_dir) -> dict:
     a defined value and ``scenes_covered``; the newest run's ``config``) and ``results.csv`` (the rows
     and a mean row) into ``staging``. Per-scene files in ``staging`` (this run) replace those of the
     same name in ``save_dir`` (earlier runs). Returns the ``results.json`` payload."""
-    import csv
-    import io as _io
     import json
     from pathlib import Path
 
-    from .io import write_json, write_text
-    from .metrics import mean_ignoring_nan
+    from .results import summary, write_results
     from .utils import versions
 
     staging, save_dir = Path(staging), Path(save_dir)
@@ -360,18 +344,11 @@ def write_scene_results(staging, save_dir) -> dict:
             continue  # not a file of ours: left alone, not summarised
     rows = [record["scene"] for _, record in records]
     newest = next(record for name, record in records if name in fresh) if fresh else records[-1][1]
-    metric_names = list(dict.fromkeys(key for row in rows for key in row
-                                      if key == "auc" or key.startswith(("auc_", "adaptive_", "snpr", "f1"))))
-    means = {key: mean_ignoring_nan(row.get(key, math.nan) for row in rows)[0] for key in metric_names}
-    mean_auc, covered = mean_ignoring_nan(row.get("auc", math.nan) for row in rows)
+    payload = summary(rows)
     payload = {
         "scenes": rows,
         "scene_files": [name for name, _ in records],
-        "mean_auc": mean_auc,
-        "scenes_covered": covered,
-        "scenes_total": len(rows),
-        "scenes_labelled": sum(bool(row.get("labelled", "auc" in row)) for row in rows),
-        "mean_metrics": means,
+        **payload,
         "seconds_note": "per-scene seconds are measured for that scene alone (detect.py runs one scene per call)",
         "config": newest["config"],
         "versions": versions(),
@@ -382,13 +359,5 @@ def write_scene_results(staging, save_dir) -> dict:
     if differing:
         payload["warning"] = (f"the scenes in this folder were detected with different {', '.join(differing)}; "
                               "their metrics are not comparable (see each <scene>_results.json)")
-    write_json(staging / "results.json", payload)
-    mean_row = {"name": "mean", **means}
-    columns = list(dict.fromkeys(key for row in rows + [mean_row] for key in row))
-    buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    writer.writerow(mean_row)
-    write_text(staging / "results.csv", buffer.getvalue())
+    write_results(staging, payload, rows, [{"name": "mean", **payload["mean_metrics"]}])
     return payload

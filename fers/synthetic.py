@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from .data_tools import staged_layout
 from .errors import FersError
+from .outputs import staged_layout
 
 WAVELENGTH_RANGE_NM = (400.0, 2500.0)
 BACKGROUND_MATERIALS = ("vegetation", "dry_grass", "soil", "water", "asphalt", "roof")
@@ -322,3 +322,35 @@ def write_had100_layout(root, n_train: int = 20, n_test: int = 10, size: int = 6
                 progress()
         (staging / f"synthetic_{sensor}.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+# --------------------------------------------------------------------------- the data command
+
+
+def make_synthetic(output, n_train: int, n_test: int, size: int, bands: int, seed: int, sensor: str = "aviris_ng",
+                   n_targets: int | None = None, noise: float | None = None, overwrite: bool = False) -> dict:
+    """Write a synthetic HAD100-layout dataset (:func:`write_had100_layout`), the command's options."""
+    options = {}
+    if n_targets is not None:
+        options["n_targets"] = n_targets
+    if noise is not None:
+        options["noise"] = noise
+    return write_had100_layout(output, n_train, n_test, size, bands, seed, sensor,
+                                         overwrite=overwrite, **options)
+
+
+def rx_baseline(root, sensor: str = "aviris_ng") -> list[tuple[str, float]]:
+    """Plain global RX AUC (float64) per test scene of a HAD100-layout folder."""
+    import torch
+
+    from .datasets import had100_manifest, load_scene
+    from .detectors import rx_scores
+    from .metrics import auc
+    from .preprocessing import to_chw
+
+    results = []
+    for scene in had100_manifest(root, sensor):
+        cube, mask = load_scene(scene)
+        cubes = torch.from_numpy(to_chw(cube))[None]
+        results.append((scene.name, auc(rx_scores(cubes)[0].numpy(), mask)))
+    return results

@@ -79,15 +79,7 @@ class TrainingInterrupted(Exception):
 # --------------------------------------------------------------------------- writing
 
 
-@contextlib.contextmanager
-def write_errors(folder, flag: str, hint: str = ""):
-    """A failed write (disk full, file-size limit, quota, folder gone) becomes one line naming the
-    folder. ``torch.save`` reports such failures as RuntimeError, so wrap only code that writes."""
-    try:
-        yield
-    except (OSError, RuntimeError) as error:
-        reason = getattr(error, "strerror", None) or "write failed: disk full or file-size limit reached"
-        raise FersError(f"{folder}: cannot write ({reason}); free disk space{hint} or choose another {flag}") from None
+from .outputs import write_errors  # noqa: E402 (one write-error mapping, in fers.outputs)
 
 
 # --------------------------------------------------------------------------- stages

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from fers import detectors
+from fers import detectors, rx
 from fers.evaluation import Detector, inference_copy
 from fers.flops import count_macs, network_flops, rx_flops
 
@@ -66,7 +66,7 @@ def test_rx_near_singular_covariance_takes_the_pinv_semantics():
     cubes[:, -1] = cubes[:, 0] + 1e-9 * np.random.default_rng(5).standard_normal((16, 16))
     covariance = torch.from_numpy(np.cov(cubes[0].reshape(12, -1)))
     factor, _ = torch.linalg.cholesky_ex(covariance[None])
-    estimate = covariance.trace() * detectors._inverse_norm_estimate(factor)[0]
+    estimate = covariance.trace() * rx._inverse_norm_estimate(factor)[0]
     eigenvalues = torch.linalg.eigvalsh(covariance)
     assert estimate >= 0.1 * eigenvalues[-1] / eigenvalues[0]  # the estimate sees the ill-conditioning
     assert_rx_matches_pinv(cubes)
@@ -83,11 +83,11 @@ def test_batched_rx_equals_per_scene_with_mixed_paths():
         torch.testing.assert_close(batch[index:index + 1], single, rtol=1e-9, atol=0)
 
 
-@pytest.mark.parametrize("channels", [detectors.GRAM_BLOCKED_MIN_CHANNELS - 1, 131])  # plain; blocked, odd halves
+@pytest.mark.parametrize("channels", [rx.GRAM_BLOCKED_MIN_CHANNELS - 1, 131])  # plain; blocked, odd halves
 def test_gram_equals_the_plain_product(channels):
     rows = torch.randn(2, channels, 300, dtype=torch.float64).mT.contiguous().mT  # pixel-major, as in RX
     expected = np.einsum("ncp,ndp->ncd", rows.numpy(), rows.numpy())
-    gram = detectors._gram(rows).numpy()
+    gram = rx._gram(rows).numpy()
     np.testing.assert_allclose(gram, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
     # symmetric to rounding, not bitwise: BLAS does not promise a bitwise symmetric product (AMD's
     # kernels differ in the last bits across the diagonal), and Cholesky/eigh read one triangle only

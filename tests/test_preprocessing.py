@@ -63,3 +63,23 @@ def test_to_chw():
     cube = np.arange(24).reshape(2, 3, 4)
     assert to_chw(cube).shape == (4, 2, 3)
     assert to_chw(cube)[1, 0, 2] == cube[0, 2, 1]
+
+
+def test_minmax_scale_equals_plain_numpy_and_maps_constants_to_zero():
+    import torch
+
+    from fers.preprocessing import minmax_scale
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(3.0, 2.0, size=(4, 5, 6))
+    np.testing.assert_array_equal(minmax_scale(values), (values - values.min()) / (values.max() - values.min()))
+    np.testing.assert_array_equal(minmax_scale(values, 1.0, 2.0), (values - 1.0) / 1.0)
+    per_item = np.stack([(v - v.min()) / (v.max() - v.min()) for v in values])
+    np.testing.assert_array_equal(minmax_scale(values, per_item=True), per_item)
+    np.testing.assert_array_equal(minmax_scale(torch.from_numpy(values), per_item=True).numpy(), per_item)
+    low, high = values.min((0, 1)), values.max((0, 1))  # per-channel bounds broadcast
+    np.testing.assert_array_equal(minmax_scale(values, low, high), (values - low) / (high - low))
+    constant = np.full((3, 3), 7.0, dtype=np.float32)
+    assert minmax_scale(constant).dtype == np.float32 and not minmax_scale(constant).any()
+    mixed = torch.from_numpy(np.stack([values[0], np.full((5, 6), 2.0)]))
+    assert not minmax_scale(mixed, per_item=True)[1].any()  # a constant map among others: 0

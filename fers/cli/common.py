@@ -8,6 +8,7 @@ from .. import detectors
 from ..io import CUBE_LAYOUTS, LAYOUT_CHECK
 from ..preprocessing import BAND_POLICIES
 from ..utils import DEVICES, REPO_ROOT
+from . import PARAMETER_FLAGS  # noqa: F401 (the error-message mapping, re-exported)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_channels: int, abu: bool = False) -> None:

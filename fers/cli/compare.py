@@ -5,10 +5,7 @@ metrics; a table per scene and the mean per method."""
 from __future__ import annotations
 
 import argparse
-import csv
-import io as _io
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +16,10 @@ from ..checkpoints import SPATIAL_FILE, STAGE1_FILES, band_folder
 from ..datasets import HAD100_SENSOR, abu_manifest, had100_manifest
 from ..errors import FersError, cli_entry
 from ..evaluation import Detector, load_inputs
-from ..io import OutputFolder, check_writable_dir, write_json, write_text
-from ..metrics import METRIC_NAMES, detection_metrics, mean_ignoring_nan
+from ..outputs import OutputFolder, check_writable_dir, write_text
+from ..metrics import METRIC_NAMES, mean_ignoring_nan
 from ..preprocessing import to_chw
+from ..results import measure, metric_means, scene_row, write_results
 from ..utils import REPO_ROOT, default_threads, resolve_device, versions
 from .common import add_layout_argument, add_model_arguments, check_positive, cube_layout
 
@@ -123,16 +121,6 @@ def format_table(rows: list[dict], means: dict, methods: list[str]) -> list[str]
     return lines
 
 
-def _csv(rows: list[dict], means: dict) -> str:
-    mean_rows = [{"scene": "mean", "method": method, **values} for method, values in means.items()]
-    columns = list(dict.fromkeys(key for row in rows + mean_rows for key in row))
-    buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows + mean_rows)
-    return buffer.getvalue()
-
-
 @cli_entry
 def main(argv=None):
     parser = build_parser()
@@ -172,28 +160,28 @@ def main(argv=None):
             scores = scorers[method](tensor)
             scores = np.asarray(scores.cpu().numpy() if torch.is_tensor(scores) else scores, dtype=np.float64)
             seconds = time.perf_counter() - tick
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                metrics = detection_metrics(scores, masks[index], adaptive=args.adaptive)
             maps[method].append(scores)
-            rows.append({"scene": scene.name, "method": method, **metrics, "seconds": seconds,
-                         "bands": bands[index], "labelled": labelled[index]})
+            # "scene": the row's name under the key comparison.json has always used (an alias of "name")
+            rows.append({"scene": scene.name, "method": method,
+                         **scene_row(scene.name, measure(scores, masks[index], args.adaptive), seconds=seconds,
+                                     bands=bands[index], height=scores.shape[0], width=scores.shape[1],
+                                     labelled=labelled[index])})
             bar.update(1)
     bar.close()
-    metric_names = [key for key in rows[0] if key not in ("scene", "method", "seconds", "bands", "labelled")]
     means = {}
     for method in ran:
         method_rows = [row for row in rows if row["method"] == method]
-        means[method] = {name: mean_ignoring_nan(row[name] for row in method_rows)[0] for name in metric_names}
+        means[method] = metric_means(method_rows)
         means[method]["scenes_covered"] = mean_ignoring_nan(row["auc"] for row in method_rows)[1]
         means[method]["seconds"] = float(np.mean([row["seconds"] for row in method_rows]))
     table = format_table(rows, means, ran)
     config = {**vars(args), "methods": ran, "skipped": skipped, "device": str(device),
               "grx_rx_precision": "float64", "metric_names": list(METRIC_NAMES)}
     with OutputFolder(args.save_dir) as out:
-        write_json(out / "comparison.json", {"rows": rows, "means": means, "skipped": skipped,
-                                             "config": config, "versions": versions()})
-        write_text(out / "comparison.csv", _csv(rows, means))
+        write_results(out, {"rows": rows, "means": means, "skipped": skipped, "config": config,
+                            "versions": versions()},
+                      rows, [{"scene": "mean", "method": method, **values} for method, values in means.items()],
+                      stem="comparison")
         write_text(out / "comparison.txt", "\n".join(table) + "\n")
     for line in table:
         print(line)

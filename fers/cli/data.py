@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import data_tools
+from .. import abu, dataset_check
 from ..errors import EXIT_USAGE, FersError, cli_entry
-from ..io import write_json
+from ..outputs import write_json
 
 # Not fers.utils.REPO_ROOT: importing fers.utils loads torch, which check/prepare_abu do not need.
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ def prepare_abu_parser() -> argparse.ArgumentParser:
 @cli_entry
 def prepare_abu_main(argv=None):
     args = prepare_abu_parser().parse_args(argv)
-    records = data_tools.prepare_abu(args.abu_dir, args.output, args.sensor, args.overwrite)
+    records = abu.prepare_abu(args.abu_dir, args.output, args.sensor, args.overwrite)
     for record in records:
         shape = "×".join(map(str, record["shape"]))
         print(f"{record['name']}: {shape} {record['dtype']}, {record['anomaly_pixels']} anomaly pixels")
@@ -46,7 +46,7 @@ def check_parser() -> argparse.ArgumentParser:
                     "reads each file, reports shape, bands, dtype, range, NaN/Inf, no-data values, constant "
                     "cubes, empty masks and size mismatches. Exit code 0 when all is fine, 2 on problems.")
     parser.add_argument("path", help="dataset root (holding train/, test/, ground_truth/) or a folder of .mat files")
-    parser.add_argument("--layout", choices=data_tools.LAYOUTS, default="auto",
+    parser.add_argument("--layout", choices=dataset_check.LAYOUTS, default="auto",
                         help="auto: .mat files → abu, test/ or train/ → had100 (also FERS_ABU)")
     parser.add_argument("--sensor", default=None, help="only this sensor folder (default: all)")
     parser.add_argument("--cube_layout", choices=("hwb", "bhw", "auto"), default=None,
@@ -60,8 +60,8 @@ def check_parser() -> argparse.ArgumentParser:
 @cli_entry
 def check_main(argv=None):
     args = check_parser().parse_args(argv)
-    report = data_tools.check_dataset(args.path, args.layout, args.sensor, args.cube_layout or "check")
-    for line in data_tools.report_lines(report):
+    report = dataset_check.check_dataset(args.path, args.layout, args.sensor, args.cube_layout or "check")
+    for line in dataset_check.report_lines(report):
         print(line)
     if args.json:
         try:
@@ -109,12 +109,14 @@ def make_synthetic_main(argv=None):
         parser.error("--n_targets must be >= 0")
     if args.noise is not None and args.noise < 0:
         parser.error("--noise must be >= 0")
-    info = data_tools.make_synthetic(args.output, args.n_train, args.n_test, args.size, args.bands, args.seed,
+    from .. import synthetic  # scipy.ndimage: loaded only by this command
+
+    info = synthetic.make_synthetic(args.output, args.n_train, args.n_test, args.size, args.bands, args.seed,
                                      args.sensor, args.n_targets, args.noise, args.overwrite)
     print(f"wrote {args.n_train} training and {args.n_test} test scenes of {args.size}×{args.size}×{args.bands} "
           f"to {args.output} (seed {args.seed})")
     if args.n_test and not args.no_rx and (args.n_targets is None or args.n_targets > 0):
-        aucs = data_tools.rx_baseline(args.output, args.sensor)
+        aucs = synthetic.rx_baseline(args.output, args.sensor)
         for name, value in aucs:
             print(f"  {name}: plain RX AUC {value:.4f} ({info['test_scenes'][name]['anomaly_pixels']} anomaly px)")
         print(f"plain RX mean AUC {sum(a for _, a in aucs) / len(aucs):.4f} over {len(aucs)} scenes")

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import argparse
 import time
-import warnings
 from pathlib import Path
 
 from .. import detectors
 from ..errors import FersError, cli_entry
 from ..evaluation import Detector
-from ..io import CUBE_SUFFIXES, EMBEDDED, OutputFolder, check_writable_dir, read_scene, save_mat, save_npy, \
-    write_json
-from ..metrics import detection_metrics
+from ..io import CUBE_SUFFIXES, EMBEDDED, read_scene
+from ..outputs import OutputFolder, check_writable_dir, save_mat, save_npy, write_json
+from ..results import measure, scene_row
 from ..scene_detection import BACKGROUNDS, TileGrid, detect_scene, prepare_scene, write_scene_results
 from ..utils import REPO_ROOT, default_threads, resolve_device, versions
 from .common import add_layout_argument, add_model_arguments, check_positive, cube_layout
@@ -112,14 +111,11 @@ def main(argv=None):
                           progress=not args.no_progress)
     seconds = time.perf_counter() - started
     del prepared
-    row = {"name": name, "seconds": seconds, "bands": bands, "height": scores.shape[0], "width": scores.shape[1],
-           "tiles": len(grid), "labelled": mask is not None}
-    if mask is not None:
-        if not mask.any():
-            print(f"warning: {gt_source}: the ground truth has no anomaly pixel; metrics are NaN")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            row.update(detection_metrics(scores, mask, adaptive=args.adaptive))
+    if mask is not None and not mask.any():
+        print(f"warning: {gt_source}: the ground truth has no anomaly pixel; metrics are NaN")
+    row = scene_row(name, measure(scores, mask, args.adaptive) if mask is not None else None, seconds=seconds,
+                    bands=bands, height=scores.shape[0], width=scores.shape[1], tiles=len(grid),
+                    labelled=mask is not None)
     config = {**vars(args), **detector.describe(), "device": str(device), "ground_truth": gt_source,
               "cube_layout_used": layout_used, "tile_rows": grid.tile_rows, "tile_cols": grid.tile_cols}
     from ..report import save_heatmap

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..datasets import HAD100_SENSOR, abu_manifest, had100_manifest
 from ..errors import cli_entry
 from ..evaluation import Detector, evaluate, summary_lines, write_outputs
-from ..io import check_writable_dir
+from ..outputs import check_writable_dir
 from ..utils import REPO_ROOT, default_threads, resolve_device
 from .common import add_layout_argument, add_model_arguments, check_positive, cube_layout
 
