@@ -1,0 +1,202 @@
+"""The run folder of a training, and what makes a run continuable: RNG states, signals, state files.
+
+Each run owns a folder::
+
+    runs/<stage>_<C>bands_<time>/
+        config.json   all arguments, seed, versions, data manifest, selection rule
+        log.jsonl     one line per completed epoch: loss terms, seconds, held-out loss, test AUC, and
+                      whether the epoch looks diverging (:func:`divergence`)
+        state.pt      the weights that training changes, optimiser, epoch, RNG states, data order and
+                      the selected weights, written atomically after every epoch (``--resume <run_dir>``
+                      continues from it)
+        frozen.pt     the weights that never change (frozen teacher / FEN / ResNet-34 and their eval-mode
+                      BatchNorm buffers), written once; state.pt records its SHA-256
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import random
+import signal
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ..checkpoints import atomic_torch_save
+from ..errors import FersError
+from ..io import ensure_writable_dir, sha256_file, write_json
+from ..training_data import TrainingData
+from ..utils import REPO_ROOT, versions
+from .stages import cpu_state
+
+if TYPE_CHECKING:
+    from .distributed import Distributed
+    from .loop import TrainingOptions
+
+STATE_FILE = "state.pt"
+CONFIG_FILE = "config.json"
+LOG_FILE = "log.jsonl"
+FROZEN_FILE = "frozen.pt"
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; the last completed epoch's state is on disk."""
+
+    def __init__(self, signum: int, run_dir: Path, epochs_done: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+        self.run_dir = run_dir
+        self.epochs_done = epochs_done
+
+
+@contextlib.contextmanager
+def write_errors(folder, flag: str, hint: str = ""):
+    """A failed write (disk full, file-size limit, quota, folder gone) becomes one line naming the
+    folder. ``torch.save`` reports such failures as RuntimeError, so wrap only code that writes."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        reason = getattr(error, "strerror", None) or "write failed: disk full or file-size limit reached"
+        raise FersError(f"{folder}: cannot write ({reason}); free disk space{hint} or choose another {flag}") from None
+
+
+def default_run_dir(stage: str, channels: int) -> Path:
+    base = REPO_ROOT / "runs" / f"{stage}_{channels}bands_{datetime.now():%Y%m%d-%H%M%S}"
+    path, index = base, 1
+    while path.exists():
+        index += 1
+        path = base.with_name(f"{base.name}-{index}")
+    return path
+
+
+def prepare_run_dir(run_dir, fresh: bool = True) -> Path:
+    """Create the run folder (checking it is writable); a fresh run refuses a folder that holds one."""
+    run_dir = Path(run_dir)
+    if fresh and (run_dir / STATE_FILE).exists():
+        raise FersError(f"{run_dir}: already holds a training run; continue it with --resume {run_dir} "
+                        "or choose another --run_dir")
+    return ensure_writable_dir(run_dir, "--run_dir")
+
+
+def read_run_config(run_dir) -> dict:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FersError(f"{path}: not found; --resume takes a run folder written by train.py")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise FersError(f"{path}: unreadable run configuration ({error}); start a new run") from None
+
+
+def rng_states(order: torch.Generator) -> dict:
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
+    states = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate(),
+              "data_order": order.get_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict, order: torch.Generator) -> None:
+    torch.set_rng_state(states["torch"])
+    numpy_state = copy.deepcopy(states["numpy"])
+    numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(numpy_state)
+    python_state = states["python"]
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    order.set_state(states["data_order"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load_run_state(run_dir) -> dict | None:
+    """The state of the last completed epoch, or None if the run never completed one."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # atomic writes make this unlikely; say what to do
+        raise FersError(f"{path}: unreadable training state ({str(error).splitlines()[0].split('. ')[0][:120]}); "
+                        "start a new run") from None
+
+
+def save_frozen(run_dir, stage) -> str:
+    """Write ``frozen.pt`` (the state entries training never changes) once; returns its SHA-256."""
+    path = Path(run_dir) / FROZEN_FILE
+    frozen = stage.frozen_keys()
+    payload = {name: cpu_state(module, set(module.state_dict()) - frozen.get(name, set()))
+               for name, module in stage.modules().items()}
+    with write_errors(run_dir, "--run_dir"):
+        atomic_torch_save(path, payload)
+    return sha256_file(path)
+
+
+def load_frozen(run_dir, sha256: str) -> dict:
+    """``frozen.pt`` of a run, checked against the SHA-256 recorded in its ``state.pt``."""
+    path = Path(run_dir) / FROZEN_FILE
+    if not path.is_file():
+        raise FersError(f"{path}: missing; it holds the run's frozen weights (written when the run began) "
+                        "and state.pt needs it; restore it or start a new run")
+    if sha256_file(path) != sha256:
+        raise FersError(f"{path}: does not belong to this run's state.pt (SHA-256 differs from the recorded "
+                        "one); restore the run's own frozen.pt or start a new run")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class SignalStopper:
+    """Turns SIGINT/SIGTERM into a flag checked between steps, so the state on disk is always that
+    of a completed epoch and no write is cut in half."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def _handler(self, signum, frame):
+        self.signum = signum
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def run_config(stage, args: dict, data: TrainingData, options: TrainingOptions, dist: Distributed) -> dict:
+    """The content of ``config.json``."""
+    return {
+        "stage": stage.name,
+        "args": args,
+        "seed": options.seed,
+        "selection": options.selection,
+        "selection_uses_test_labels": options.selection == "test_auc",
+        "data_order": options.data_order,
+        "protocol": options.protocol,
+        "optimizer": {"name": "Adam", "lr": options.lr, "betas": list(options.betas)},
+        "loss_weights": stage.weights,
+        "network": stage.describe(),
+        "world_size": dist.world_size,
+        "device": str(dist.device),
+        "cwd": os.getcwd(),  # relative paths of older runs were relative to it (paths are absolute now)
+        "data": {"source": data.source, "crops": len(data), "crop_shape": list(data.crops.shape[1:]),
+                 "constant_crops_skipped": data.skipped_constant, "manifest": data.manifest},
+        "versions": versions(),
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def write_run_config(run_dir, config: dict) -> None:
+    with write_errors(run_dir, "--run_dir"):
+        write_json(Path(run_dir) / CONFIG_FILE, config)
