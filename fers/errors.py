@@ -16,6 +16,11 @@ class FersError(Exception):
     """
 
 
+class ParameterError(FersError, ValueError):
+    """A value a library parameter does not accept. The message marks parameter names in backquotes
+    (`` `img_size` ``); a command line shows them as its flags (:func:`fers.cli.common.as_flags`)."""
+
+
 def cli_entry(main):
     """Wrap a command-line ``main(argv)`` so that user errors print one line and exit 2."""
 

@@ -4,26 +4,24 @@ the top-level ``train.py --stage 1|2|all``. Flag names follow the reference rele
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from datetime import datetime
 from pathlib import Path
 
-from ..backbones import ARCHITECTURES
 from ..checkpoints import band_folder
 from ..datasets import had100_manifest
 from ..errors import FersError, cli_entry
-from ..fen import FEN, REFERENCE_BACKBONE
+from ..fen import FEN
 from ..io import ensure_writable_dir
-from ..losses import BCE_INPUTS
-from ..reference import DATA_ORDERS, PROTOCOLS, REFERENCE_TEST_SENSOR, resolve_protocol, seed_run
+from ..reference import resolve_protocol, seed_run
 from ..selection import TestSelectionSet
-from ..training import (REFERENCE, SELECTIONS, SPATIAL_BN_MODES, Stage1, Stage2, TrainingInterrupted,
-                        TrainingOptions, default_run_dir, fit, load_run_state, load_stage1_for_stage2,
-                        prepare_run_dir, read_run_config, run_config, setup_distributed, shutdown_distributed,
-                        write_run_config)
-from ..training_data import CROP_MODES, HAD100_TRAIN_SENSORS, load_training_data
-from ..utils import DEVICES, REPO_ROOT, default_threads
+from ..training import (Stage1, Stage2, TrainConfig, TrainingInterrupted, TrainingOptions, default_run_dir, fit,
+                        load_run_state, load_stage1_for_stage2, prepare_run_dir, read_run_config, run_config,
+                        setup_distributed, shutdown_distributed, write_run_config)
+from ..training_data import load_training_data
+from ..utils import REPO_ROOT, default_threads
 from .common import check_positive
 
 STAGES = {"1": "stage1", "2": "stage2"}
@@ -35,82 +33,21 @@ RESUME_FREE = ("device", "workers", "no_progress")
 RESUME_HONOURED = ("data_path", "checkpoint_dir", "epochs")
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, stages: tuple) -> None:
-    """The flags of both stages; ``stages`` says which stage-specific ones apply."""
-    add = parser.add_argument
-    add("--input_channel", type=int, default=50, help="bands C the model takes: the first C bands of every scene "
-        "(reference models: 50, 100, 200; default %(default)s)")
-    add("--data_path", default=str(REPO_ROOT / "data" / "HAD100Dataset"),
-        help="HAD100 root (training scenes in train/<sensor>/*.npy) or any folder of .mat/.npy/.npz scenes "
-             "(default: %(default)s)")
-    add("--sensor", default="aviris_ng", choices=HAD100_TRAIN_SENSORS,
-        help="HAD100 training sensor folder (default %(default)s)")
-    add("--checkpoint_dir", default=str(REPO_ROOT / "checkpoints"),
-        help="parent folder of <C>bands/: stage 1 writes convh.pt, enc.pt, pc.pt there, stage 2 reads them "
-             "and writes spa_fen.pt and restoration.pt (default: %(default)s)")
-    add("--device", choices=DEVICES, default="auto", help="auto = CUDA if available, else CPU (default %(default)s)")
-    add("--epochs", type=int, default=REFERENCE["epochs"], help="epochs (reference: %(default)s)")
-    add("--batch_size", type=int, default=REFERENCE["batch_size"],
-        help="crops per step, summed over all processes under torchrun (reference: %(default)s)")
-    add("--img_size", type=int, default=REFERENCE["img_size"],
-        help="crop size, a multiple of 8 (reference: %(default)s)")
-    add("--lr", type=float, default=REFERENCE["lr"],
-        help=f"Adam learning rate (reference: %(default)s, betas {REFERENCE['betas']})")
-    add("--protocol", choices=PROTOCOLS, default="default",
-        help="reference: every behaviour of the reference release at once (sigmoid BCE input, ResNet-34 BN in "
-             "train mode, selection on the test AUC, the reference's seeds and data order); a flag given "
-             "explicitly still wins. default: this project's defaults (see docs/training.md). Recorded in "
-             "config.json and the checkpoints")
-    add("--seed", type=int, default=None,
-        help="seed of initialisation, crops and data order (default 0; --protocol reference: the reference's "
-             "seeds, 10 for stage 1 and 370/810/820/850 for stage 2 by band count and sensor)")
-    add("--data_order", choices=DATA_ORDERS, default=None,
-        help="seeded: each epoch's order from a generator of its own, seeded by --seed (default); reference: "
-             "the order of the reference's DataLoader(shuffle=True), drawn from the global torch generator "
-             "(default with --protocol reference)")
-    if "stage1" in stages:
-        add("--backbone", choices=sorted(ARCHITECTURES), default=REFERENCE_BACKBONE,
-            help="stage-1 ImageNet teacher (reference: %(default)s; resnet18 or wide_resnet50_2 for quick CPU "
-                 "runs); the FEN records it so test.py rebuilds the same network")
-        add("--bce_input", choices=BCE_INPUTS, default=None,
-            help="logits (default): the classifier's logits conv3(|p2 - p1|) into BCE-with-logits; sigmoid: the "
-                 "reference's sigmoid output fed into BCE-with-logits (default with --protocol reference)")
-    add("--backbone_weights", default=None,
-        help="ImageNet weights: torchvision's .pth file, or a folder holding it (use a folder for --stage all, "
-             "which needs the teacher's and ResNet-34's files); default: $FERS_WEIGHTS_DIR, the torch.hub "
-             "cache, then a hash-checked download")
-    add("--no_pretrained", action="store_true",
-        help="train from RANDOMLY initialised backbones (no ImageNet weights): for tests and offline trials only")
-    if "stage2" in stages:
-        add("--spatial_bn", choices=SPATIAL_BN_MODES, default=None,
-            help="eval (default): the frozen ResNet-34 keeps its ImageNet BatchNorm statistics; train: the "
-                 "reference, whose statistics drift with the training data (default with --protocol reference)")
-    add("--crop", choices=CROP_MODES, default="tile",
-        help="tile (default): non-overlapping img_size tiles of every scene (the whole scene for 64×64 HAD100 "
-             "cubes); random: crops at seeded random positions")
-    add("--crops_per_scene", type=int, default=None,
-        help="crops per scene with --crop random (default: as many as tiles fit)")
-    add("--selection", choices=SELECTIONS, default=None,
-        help="label-free model selection: last epoch (default) or lowest loss on held-out training crops "
-             "(--protocol reference selects on the test AUC unless this is given)")
-    add("--val_fraction", type=float, default=0.1,
-        help="share of training crops held out for --selection val_loss (default %(default)s)")
-    add("--select_on_test", action="store_true",
-        help="the reference's selection: keep the epoch with the best mean AUC on the HAD100 test set "
-             "(uses test labels; recorded in config.json, log.jsonl and the checkpoints)")
-    add("--log_test_auc", action="store_true",
-        help="log the HAD100 test-set mean AUC every epoch without selecting on it")
-    add("--test_sensor", default=REFERENCE_TEST_SENSOR,
-        help="HAD100 test folder test/<test_sensor> of --select_on_test / --log_test_auc (default %(default)s, "
-             "as the reference, also when training on --sensor aviris)")
-    add("--run_dir", default=None, help="run folder (default: runs/<stage>_<C>bands_<time>/)")
-    add("--resume", default=None, metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its last completed epoch with its recorded settings; "
-             "--device, --workers, --no_progress may change, --epochs N continues to N epochs, --data_path "
-             "may name a moved copy of the same files, --checkpoint_dir another export folder; any other "
-             "flag that differs from the recorded value is refused")
-    add("--workers", type=int, default=2, help="threads reading the training scenes (default %(default)s)")
-    add("--no_progress", action="store_true", help="no progress bar")
+def add_training_arguments(parser: argparse.ArgumentParser, stages: tuple, main: bool = False) -> None:
+    """The flags of :class:`TrainConfig`'s fields, in its order: ``stages`` says which stage-specific
+    ones apply; ``main``: the top-level ``train.py`` (with ``--stage``)."""
+    for item in dataclasses.fields(TrainConfig):
+        meta = item.metadata
+        if not meta["cli"] or (meta["main_only"] and not main) or not set(meta["stages"]) & set(stages):
+            continue
+        options = {"default": item.default, "help": meta["help"]}
+        if isinstance(item.default, bool):
+            options["action"] = "store_true"
+        else:
+            kind = meta["type"] or (type(item.default) if isinstance(item.default, (int, float)) else None)
+            options.update({k: v for k, v in (("type", kind), ("choices", meta["choices"]),
+                                              ("metavar", meta["metavar"])) if v is not None})
+        parser.add_argument(f"--{item.name}", **options)
 
 
 def _check(parser, args) -> None:
@@ -125,10 +62,7 @@ def _check(parser, args) -> None:
 
 
 def _options(args, settings: dict) -> TrainingOptions:
-    return TrainingOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, betas=REFERENCE["betas"],
-                           seed=settings["seed"], selection=settings["selection"],
-                           val_fraction=args.val_fraction, log_test_auc=args.log_test_auc,
-                           progress=not args.no_progress, data_order=settings["data_order"], protocol=settings)
+    return TrainingOptions.from_config(TrainConfig.from_dict(vars(args)), settings)
 
 
 def protocol_settings(stage_name: str, args) -> dict:
@@ -379,9 +313,7 @@ def main_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train.py", description="Train FERS: --stage 1 (FERD, the spectral FEN), 2 (the spatial branch on a "
                                      "trained stage 1; the default, as step 2 of the reference README) or all.")
-    parser.add_argument("--stage", choices=("1", "2", "all"), default="2",
-                        help="1, 2 (default) or all = stage 1 then stage 2 with one command")
-    add_training_arguments(parser, ("stage1", "stage2"))
+    add_training_arguments(parser, ("stage1", "stage2"), main=True)
     return parser
 
 

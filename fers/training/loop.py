@@ -21,18 +21,17 @@ import numpy as np
 import torch
 
 from ..checkpoints import atomic_torch_save
-from ..errors import FersError
+from ..errors import FersError, ParameterError
+from ..reference import DEFAULT_SEED
 from ..io import write_text
 from ..reference import check_run_state_layout, end_of_epoch_draws, epoch_permutation
 from ..training_data import TrainingData, split_held_out
+from .config import DEFAULTS, SELECTIONS, TrainConfig
 from .distributed import Distributed
 from .run_folder import (LOG_FILE, STATE_FILE, SignalStopper, TrainingInterrupted, load_frozen, restore_rng_states,
                          rng_states, save_frozen, write_errors)
 from .stages import cpu_state
 
-# The reference's training hyper-parameters (pinned by tests/test_losses.py).
-REFERENCE = {"lr": 0.005, "betas": (0.5, 0.999), "batch_size": 16, "epochs": 60, "img_size": 64}
-SELECTIONS = ("last", "val_loss")
 # An epoch whose training or held-out loss is not finite, or more than this factor above the lowest
 # (positive) value of the earlier epochs, is flagged as diverging (log.jsonl and a console warning).
 DIVERGENCE_FACTOR = 10.0
@@ -64,17 +63,27 @@ def divergence(record: dict, history: list, factor: float = DIVERGENCE_FACTOR) -
 
 @dataclass
 class TrainingOptions:
-    epochs: int = REFERENCE["epochs"]
-    batch_size: int = REFERENCE["batch_size"]
-    lr: float = REFERENCE["lr"]
-    betas: tuple = REFERENCE["betas"]
-    seed: int = 0
-    selection: str = "last"  # last | val_loss | test_auc
-    val_fraction: float = 0.1
-    log_test_auc: bool = False
-    progress: bool = True
+    """What :func:`fit` uses of a :class:`TrainConfig`, with the protocol-resolved settings."""
+
+    epochs: int = DEFAULTS.epochs
+    batch_size: int = DEFAULTS.batch_size
+    lr: float = DEFAULTS.lr
+    betas: tuple = DEFAULTS.betas
+    seed: int = DEFAULT_SEED
+    selection: str = "last"  # one of SELECTIONS
+    val_fraction: float = DEFAULTS.val_fraction
+    log_test_auc: bool = DEFAULTS.log_test_auc
+    progress: bool = not DEFAULTS.no_progress
     data_order: str = "seeded"  # seeded | reference (the reference's shuffling DataLoader)
     protocol: dict | None = None  # resolved settings (fers.reference.resolve_protocol), recorded
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, settings: dict) -> TrainingOptions:
+        """``config`` with the ``settings`` of :func:`fers.reference.resolve_protocol`."""
+        return cls(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, betas=tuple(config.betas),
+                   seed=settings["seed"], selection=settings["selection"], val_fraction=config.val_fraction,
+                   log_test_auc=config.log_test_auc, progress=not config.no_progress,
+                   data_order=settings["data_order"], protocol=settings)
 
 
 def _batches(indices: np.ndarray, batch_size: int, world_size: int):
@@ -110,6 +119,8 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
         checkpoint_dir=None, state: dict | None = None, test_scenes=None, log=print) -> dict:
     """Train ``stage`` on ``data``; save the state after every epoch; export the selected weights to
     ``checkpoint_dir``. Returns a summary (selected epoch, metric, export folder)."""
+    if options.selection not in SELECTIONS:
+        raise ParameterError(f"`selection` {options.selection}: choose one of {', '.join(SELECTIONS)}")
     run_dir = Path(run_dir)
     device = dist.device
     crops = torch.from_numpy(data.crops)
