@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
 
 from .. import detectors
+from ..errors import FersError
 from ..io import CUBE_LAYOUTS, LAYOUT_CHECK
 from ..preprocessing import BAND_POLICIES
 from ..utils import DEVICES, REPO_ROOT
@@ -60,3 +63,23 @@ def add_layout_argument(parser: argparse.ArgumentParser, *names: str) -> None:
 def cube_layout(args) -> str:
     """The layout to load with: the one asked for, or ``check`` (hwb, refusing a bands-first look)."""
     return args.cube_layout or LAYOUT_CHECK
+
+
+# Library messages mark parameter names in backquotes (`img_size`); a command line shows its flag. The flag
+# of a parameter is ``--<name>`` unless named here.
+PARAMETER_FLAGS: dict[str, str] = {}
+_PARAMETER = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+
+
+def as_flags(text: str) -> str:
+    """``text`` with every `` `parameter` `` replaced by its command-line flag."""
+    return _PARAMETER.sub(lambda m: PARAMETER_FLAGS.get(m.group(1), f"--{m.group(1)}"), text)
+
+
+@contextlib.contextmanager
+def flags_in_errors():
+    """Re-raise a library :class:`FersError` with its parameter names shown as flags."""
+    try:
+        yield
+    except FersError as error:
+        raise FersError(as_flags(str(error))) from None

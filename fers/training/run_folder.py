@@ -29,10 +29,11 @@ import numpy as np
 import torch
 
 from ..checkpoints import atomic_torch_save
-from ..errors import FersError
+from ..errors import FersError, ParameterError
 from ..io import ensure_writable_dir, sha256_file, write_json
 from ..training_data import TrainingData
 from ..utils import REPO_ROOT, versions
+from .config import TrainConfig
 from .stages import cpu_state
 
 if TYPE_CHECKING:
@@ -200,3 +201,89 @@ def run_config(stage, args: dict, data: TrainingData, options: TrainingOptions, 
 def write_run_config(run_dir, config: dict) -> None:
     with write_errors(run_dir, "--run_dir"):
         write_json(Path(run_dir) / CONFIG_FILE, config)
+
+
+# --------------------------------------------------------------------------- resuming a run
+
+# Paths recorded in config.json; stored absolute so that a run resumes from any folder.
+PATH_FIELDS = ("data_path", "checkpoint_dir", "run_dir", "backbone_weights")
+# With resume: settings that never change the trained weights (taken from the resuming call) ...
+RESUME_FREE = ("device", "workers", "no_progress")
+# ... and settings that are checked, then honoured (recorded in config.json under "resumes").
+RESUME_HONOURED = ("data_path", "checkpoint_dir", "epochs")
+# Settings recorded as None when not given, resolved by the protocol (fers.reference.resolve_protocol).
+PROTOCOL_RESOLVED = ("seed", "bce_input", "spatial_bn", "selection", "data_order", "test_sensor")
+
+
+def absolute(path) -> str | None:
+    return None if path is None else os.path.abspath(os.path.expanduser(str(path)))
+
+
+def recorded_cwd(recorded: dict, run_dir: Path) -> str:
+    """The working folder the run was started from: recorded since config.json has ``cwd``; for older
+    runs, inferred from a relative ``run_dir`` (``<cwd>/<run_dir>`` is the run folder), else this one."""
+    if recorded.get("cwd"):
+        return recorded["cwd"]
+    old = recorded["args"].get("run_dir")
+    if old and not os.path.isabs(old):
+        parts = Path(os.path.normpath(old)).parts
+        if ".." not in parts and run_dir.parts[-len(parts):] == parts:
+            return str(Path(*run_dir.parts[:-len(parts)]))
+    return os.getcwd()
+
+
+def resume_settings(recorded: dict, config: TrainConfig, given: set, run_dir: Path):
+    """The settings of a resumed run: the recorded ones (relative paths of older runs resolved against
+    the run's working folder) with ``config``'s :data:`RESUME_FREE` settings, and the checked
+    :data:`RESUME_HONOURED` ones that were ``given``. Returns ``(TrainConfig, {name: (old, new)})``; any
+    other given setting whose value differs from the recorded one is refused with one line."""
+    args = dict(recorded["args"])
+    cwd = recorded_cwd(recorded, run_dir)
+    for name in PATH_FIELDS:
+        value = args.get(name)
+        if value is not None and not os.path.isabs(os.path.expanduser(value)):
+            args[name] = os.path.normpath(os.path.join(cwd, os.path.expanduser(value)))
+    changes = {}
+    for name in sorted(set(given) - {"resume", *RESUME_FREE}):
+        new = absolute(getattr(config, name)) if name in PATH_FIELDS else getattr(config, name)
+        if isinstance(new, tuple):
+            new = list(new)  # as JSON recorded it
+        missing = name not in args
+        old = args.get(name)
+        if old is None and name in PROTOCOL_RESOLVED:  # not given then: compare with what the protocol chose
+            old = (recorded.get("protocol") or {}).get(name, recorded.get(name))
+            if new == old:
+                continue
+        if name == "run_dir":
+            if new not in (old, str(run_dir)):
+                raise ParameterError(f"`run_dir` {new}: `resume` continues the run in its own folder {run_dir}; "
+                                     "drop `run_dir` (or drop `resume` to start a new run there)")
+        elif name in RESUME_HONOURED:
+            if new != old:
+                changes[name] = (old, new)
+                args[name] = new
+        elif missing or new != old:
+            shown = "not recorded (the run predates the flag)" if missing else f"recorded {old}"
+            raise ParameterError(f"`{name}` {new}: would change the run in {run_dir} ({shown}); drop `{name}` "
+                                 "to continue it, or start a new run with another `run_dir`")
+    for name in RESUME_FREE:
+        args[name] = getattr(config, name)
+    args["resume"] = str(run_dir)
+    resumed = TrainConfig.from_dict(args)
+    if "data_path" not in changes and not Path(resumed.data_path).is_dir():
+        raise ParameterError(f"{resumed.data_path}: the training data folder of the run in {run_dir} is not there; "
+                             "pass `data_path` with the folder that now holds the same files")
+    return resumed, changes
+
+
+def manifest_difference(recorded: list, current: list) -> str:
+    """What differs between two data manifests (missing, added, changed files)."""
+    old = {m["file"]: m["sha256"] for m in recorded}
+    new = {m["file"]: m["sha256"] for m in current}
+    parts = []
+    for label, names in (("missing", sorted(set(old) - set(new))), ("not in the run", sorted(set(new) - set(old))),
+                         ("content changed", sorted(n for n in set(old) & set(new) if old[n] != new[n]))):
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            parts.append(f"{label}: {shown}")
+    return "; ".join(parts) or "shapes differ"
