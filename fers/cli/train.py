@@ -7,12 +7,12 @@ import argparse
 import dataclasses
 import sys
 
-from ..errors import cli_entry
+from ..errors import ParameterError, cli_entry
 from ..training import TrainConfig, TrainingInterrupted, train
 from ..training.config import STAGES
 from ..training.api import protocol_settings  # noqa: F401 (the settings of parsed flags, for tests and tools)
 from ..utils import REPO_ROOT, default_threads
-from .common import check_positive, flags_in_errors
+from .common import as_flags, flags_in_errors
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, stages: tuple, main: bool = False) -> None:
@@ -33,14 +33,11 @@ def add_training_arguments(parser: argparse.ArgumentParser, stages: tuple, main:
 
 
 def _check(parser, args) -> None:
-    check_positive(parser, input_channel=args.input_channel, epochs=args.epochs, batch_size=args.batch_size,
-                   img_size=args.img_size, workers=args.workers, crops_per_scene=args.crops_per_scene)
-    if args.img_size % 8:
-        parser.error(f"--img_size {args.img_size}: must be a multiple of 8")
-    if not args.lr > 0:
-        parser.error("--lr must be positive")
-    if not 0 < args.val_fraction < 1:
-        parser.error("--val_fraction must be between 0 and 1")
+    """What :meth:`TrainConfig.validate` refuses, as a usage error naming the flag."""
+    try:
+        TrainConfig.from_dict(vars(args)).validate()
+    except ParameterError as error:
+        parser.error(as_flags(str(error)))
 
 
 def given_flags(parser: argparse.ArgumentParser, argv) -> set:

@@ -90,7 +90,7 @@ def train_stage(stage_name: str, config: TrainConfig, dist: Distributed, resume_
         if restored:
             stage.weights_source = recorded["network"].get("backbone_weights", stage.weights_source)
     prepare_run_dir(run_dir, fresh)  # every process checks, so none waits for a process that stopped
-    ensure_writable_dir(band_folder(config.checkpoint_dir, channels), "--checkpoint_dir")
+    ensure_writable_dir(band_folder(config.checkpoint_dir, channels), "`checkpoint_dir`")
     dist.barrier()
     if dist.is_main:
         if fresh:

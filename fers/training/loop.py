@@ -130,9 +130,9 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
         train_indices, held_out = np.arange(len(crops)), np.array([], dtype=np.int64)
     if options.selection == "test_auc" or options.log_test_auc:
         if not test_scenes:
-            raise FersError("--select_on_test / --log_test_auc need the HAD100 test set (test/<sensor>/ under --data_path)")
+            raise FersError("`select_on_test` / `log_test_auc` need the HAD100 test set (test/<sensor>/ under `data_path`)")
     if options.batch_size % dist.world_size:
-        raise FersError(f"--batch_size {options.batch_size} is the global batch: it must be divisible by the "
+        raise ParameterError(f"`batch_size` {options.batch_size} is the global batch: it must be divisible by the "
                         f"{dist.world_size} processes")
 
     optimizer = torch.optim.Adam(stage.trainable_parameters(), lr=options.lr, betas=tuple(options.betas))
@@ -209,7 +209,7 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
                                        for name, m in stage.modules().items()},
                            "frozen_sha256": frozen_sha256,
                            "optimizer": optimizer.state_dict(), "rng": rng_states(order)}
-                with write_errors(run_dir, "--run_dir", f" and continue with --resume {run_dir},"):
+                with write_errors(run_dir, "`run_dir`", f" and continue with `resume` {run_dir},"):
                     atomic_torch_save(run_dir / STATE_FILE, payload)
                     write_text(run_dir / LOG_FILE, "".join(json.dumps(r) + "\n" for r in history))
                 bar.write(_epoch_line(record, options.epochs))

@@ -59,7 +59,8 @@ class TrainingInterrupted(Exception):
 @contextlib.contextmanager
 def write_errors(folder, flag: str, hint: str = ""):
     """A failed write (disk full, file-size limit, quota, folder gone) becomes one line naming the
-    folder. ``torch.save`` reports such failures as RuntimeError, so wrap only code that writes."""
+    folder and the setting that chose it (``flag``, e.g. ```run_dir``` as library messages mark
+    parameters). ``torch.save`` reports such failures as RuntimeError, so wrap only code that writes."""
     try:
         yield
     except (OSError, RuntimeError) as error:
@@ -80,15 +81,15 @@ def prepare_run_dir(run_dir, fresh: bool = True) -> Path:
     """Create the run folder (checking it is writable); a fresh run refuses a folder that holds one."""
     run_dir = Path(run_dir)
     if fresh and (run_dir / STATE_FILE).exists():
-        raise FersError(f"{run_dir}: already holds a training run; continue it with --resume {run_dir} "
-                        "or choose another --run_dir")
-    return ensure_writable_dir(run_dir, "--run_dir")
+        raise FersError(f"{run_dir}: already holds a training run; continue it with `resume` {run_dir} "
+                        "or choose another `run_dir`")
+    return ensure_writable_dir(run_dir, "`run_dir`")
 
 
 def read_run_config(run_dir) -> dict:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
-        raise FersError(f"{path}: not found; --resume takes a run folder written by train.py")
+        raise FersError(f"{path}: not found; `resume` takes a run folder written by train.py")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -135,7 +136,7 @@ def save_frozen(run_dir, stage) -> str:
     frozen = stage.frozen_keys()
     payload = {name: cpu_state(module, set(module.state_dict()) - frozen.get(name, set()))
                for name, module in stage.modules().items()}
-    with write_errors(run_dir, "--run_dir"):
+    with write_errors(run_dir, "`run_dir`"):
         atomic_torch_save(path, payload)
     return sha256_file(path)
 
@@ -199,7 +200,7 @@ def run_config(stage, args: dict, data: TrainingData, options: TrainingOptions, 
 
 
 def write_run_config(run_dir, config: dict) -> None:
-    with write_errors(run_dir, "--run_dir"):
+    with write_errors(run_dir, "`run_dir`"):
         write_json(Path(run_dir) / CONFIG_FILE, config)
 
 

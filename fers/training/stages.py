@@ -11,7 +11,7 @@ from torch import nn
 
 from ..backbones import ResNet, load_imagenet_weights
 from ..checkpoints import RESTORATION_FILE, STAGE1_FILES, band_folder, load_fen, save_fen, save_spatial_branch, save_state
-from ..errors import FersError
+from ..errors import FersError, ParameterError
 from ..fen import FEN
 from ..io import OutputFolder
 from ..losses import BCE_INPUTS, STAGE1_WEIGHTS, STAGE2_WEIGHTS, stage1_loss, stage2_loss
@@ -99,7 +99,7 @@ class Stage1:
     def __init__(self, channels: int, backbone: str, device, bce_input: str = "logits",
                  backbone_weights=None, pretrained: bool = True, load_backbone: bool = True):
         if bce_input not in BCE_INPUTS:
-            raise FersError(f"--bce_input {bce_input}: choose one of {', '.join(BCE_INPUTS)}")
+            raise ParameterError(f"`bce_input` {bce_input}: choose one of {', '.join(BCE_INPUTS)}")
         self.channels = channels
         self.backbone = backbone
         self.bce_input = bce_input
@@ -149,7 +149,7 @@ class Stage1:
         """``convh.pt``, ``enc.pt``, ``pc.pt`` in ``<checkpoint_dir>/<C>bands/``; their config also
         records how the FEN was trained."""
         folder = band_folder(checkpoint_dir, self.channels)
-        with OutputFolder(folder, "--checkpoint_dir", "the checkpoints") as staging:
+        with OutputFolder(folder, "`checkpoint_dir`", "the checkpoints") as staging:
             save_fen(staging, self.net.fen, training_info)
         return folder
 
@@ -183,7 +183,7 @@ class Stage2:
     def __init__(self, channels: int, fen: FEN, device, spatial_bn: str = "eval", backbone_weights=None,
                  pretrained: bool = True, load_backbone: bool = True):
         if spatial_bn not in SPATIAL_BN_MODES:
-            raise FersError(f"--spatial_bn {spatial_bn}: choose one of {', '.join(SPATIAL_BN_MODES)}")
+            raise ParameterError(f"`spatial_bn` {spatial_bn}: choose one of {', '.join(SPATIAL_BN_MODES)}")
         self.channels = channels
         self.spatial_bn = spatial_bn
         self.fen = fen.to(device).eval().requires_grad_(False)
@@ -244,7 +244,7 @@ class Stage2:
 
     def export(self, checkpoint_dir, training_info: dict) -> Path:
         folder = band_folder(checkpoint_dir, self.channels)
-        with OutputFolder(folder, "--checkpoint_dir", "the checkpoints") as staging:
+        with OutputFolder(folder, "`checkpoint_dir`", "the checkpoints") as staging:
             save_spatial_branch(staging, self.spatial, training_info)
             save_state(staging / RESTORATION_FILE, self.student.restoration,
                        {"channels": self.channels, "training": training_info})
