@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import re
+import sys
 
 from .. import detectors
 from ..errors import FersError
@@ -83,3 +85,29 @@ def flags_in_errors():
         yield
     except FersError as error:
         raise FersError(as_flags(str(error))) from None
+
+
+class ConsoleHandler(logging.Handler):
+    """The library's log as the commands print it: the message alone (parameters as flags) on stdout;
+    warnings on stderr after ``warning:``; beside tqdm's progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            message = as_flags(self.format(record))
+            if record.levelno >= logging.WARNING:
+                tqdm.write(f"warning: {message}", file=sys.stderr)  # the streams of now (tests swap them)
+            else:
+                tqdm.write(message, file=sys.stdout)
+        except Exception:
+            self.handleError(record)
+
+
+def console_logging() -> None:
+    """Print the ``fers`` logger's INFO and above as :class:`ConsoleHandler` does (once per process)."""
+    logger = logging.getLogger("fers")
+    if not any(isinstance(handler, ConsoleHandler) for handler in logger.handlers):
+        logger.addHandler(ConsoleHandler())
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)

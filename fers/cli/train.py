@@ -12,7 +12,7 @@ from ..training import TrainConfig, TrainingInterrupted, train
 from ..training.config import STAGES
 from ..training.api import protocol_settings  # noqa: F401 (the settings of parsed flags, for tests and tools)
 from ..utils import REPO_ROOT, default_threads
-from .common import as_flags, flags_in_errors
+from .common import as_flags, console_logging, flags_in_errors
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, stages: tuple, main: bool = False) -> None:
@@ -60,6 +60,7 @@ def _run(args, given: set = frozenset()) -> int:
     """Train as ``args`` say (``given``: the flags typed on the command line, see :func:`given_flags`);
     library errors name parameters, shown here as flags."""
     default_threads()
+    console_logging()
     try:
         with flags_in_errors():
             train(TrainConfig.from_dict(vars(args)), given=set(given))

@@ -4,6 +4,7 @@ checkpoints and resume rules)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +23,9 @@ from .loop import TrainingOptions, fit
 from .run_folder import (PATH_FIELDS, absolute, default_run_dir, load_run_state, manifest_difference,
                          prepare_run_dir, read_run_config, resume_settings, run_config, write_run_config)
 from .stages import Stage1, Stage2, load_stage1_for_stage2
+
+# What a run reports (settings, epochs, warnings); train.py prints it (fers.cli.common.console_logging).
+log = logging.getLogger("fers.training")
 
 
 def protocol_settings(stage_name: str, config) -> dict:
@@ -75,7 +79,7 @@ def train_stage(stage_name: str, config: TrainConfig, dist: Distributed, resume_
     options = TrainingOptions.from_config(config, settings)
     test_set = None
     if options.selection == "test_auc" or options.log_test_auc:  # read and validated once per run
-        test_set = TestSelectionSet(had100_manifest(config.data_path, settings["test_sensor"]), channels)
+        test_set = TestSelectionSet(had100_manifest(config.data_path, settings["test_sensor"]), channels, log.info)
     pretrained = not config.no_pretrained
     if stage_name == "stage1":
         stage = Stage1(channels, config.backbone, dist.device, settings["bce_input"], config.backbone_weights,
@@ -104,18 +108,18 @@ def train_stage(stage_name: str, config: TrainConfig, dist: Distributed, resume_
                  "changed": {flag: {"recorded": old, "now": new} for flag, (old, new) in (changes or {}).items()}})
             write_run_config(run_dir, recorded)
             for flag, (old, new) in (changes or {}).items():
-                print(f"resume: --{flag} {new} (recorded: {old})")
-        print(f"{stage_name}: {len(data)} crops of {config.img_size}×{config.img_size}×{channels} from "
+                log.info(f"resume: `{flag}` {new} (recorded: {old})")
+        log.info(f"{stage_name}: {len(data)} crops of {config.img_size}×{config.img_size}×{channels} from "
               f"{data.source}; {options.epochs} epochs, batch {options.batch_size}, device {dist.device}"
               f"{f' × {dist.world_size} processes' if dist.world_size > 1 else ''}; selection "
               f"{options.selection}{' (ON TEST LABELS, as the reference)' if options.selection == 'test_auc' else ''}"
               f"; protocol {settings['protocol']}, seed {settings['seed']} ({settings['seed_source']}), data order "
               f"{settings['data_order']}; run folder {run_dir}")
         for note in settings["notes"]:
-            print(f"note: {note}")
+            log.info(f"note: {note}")
     summary = fit(stage, data, options, run_dir, dist, config.checkpoint_dir, state, test_set)
     if dist.is_main:
-        print(f"{stage_name} done: epoch {summary['selected_epoch']} exported to {summary['checkpoint_folder']} "
+        log.info(f"{stage_name} done: epoch {summary['selected_epoch']} exported to {summary['checkpoint_folder']} "
               f"(selection: {summary['selection']}); run folder {run_dir}")
     return summary
 
@@ -144,7 +148,8 @@ def train(config: TrainConfig | dict | None = None, /, *, given: set | None = No
     ``config``: a :class:`TrainConfig`, a dict of its fields, or None (the defaults); ``overrides``
     replace fields. ``given``: the settings chosen explicitly, which a resumed run checks against its
     recorded ones (default: those passed as dict keys or overrides, or differing from the defaults).
-    Returns ``{stage name: summary}`` (selected epoch, metric, export folder). Raises
+    Returns ``{stage name: summary}`` (selected epoch, metric, export folder). Progress is logged to
+    the ``fers.training`` logger (parameter names in backquotes), the progress bar drawn by tqdm. Raises
     :class:`~fers.errors.FersError` on bad input and :class:`TrainingInterrupted` on SIGINT/SIGTERM.
     """
     config, inferred = _config_and_given(config, overrides)

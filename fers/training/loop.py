@@ -11,8 +11,8 @@ reference behaviour at once (:mod:`fers.reference`).
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ from .run_folder import (LOG_FILE, STATE_FILE, SignalStopper, TrainingInterrupte
                          rng_states, save_frozen, write_errors)
 from .stages import cpu_state
 
+logger = logging.getLogger("fers.training")
 # An epoch whose training or held-out loss is not finite, or more than this factor above the lowest
 # (positive) value of the earlier epochs, is flagged as diverging (log.jsonl and a console warning).
 DIVERGENCE_FACTOR = 10.0
@@ -116,9 +117,10 @@ def _test_auc(stage, test_set, device) -> float:
 
 
 def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Distributed,
-        checkpoint_dir=None, state: dict | None = None, test_scenes=None, log=print) -> dict:
+        checkpoint_dir=None, state: dict | None = None, test_scenes=None, log=None) -> dict:
     """Train ``stage`` on ``data``; save the state after every epoch; export the selected weights to
-    ``checkpoint_dir``. Returns a summary (selected epoch, metric, export folder)."""
+    ``checkpoint_dir``. Returns a summary (selected epoch, metric, export folder). ``log``: where the
+    resume line goes (default: the ``fers.training`` logger, like the epoch lines and warnings)."""
     if options.selection not in SELECTIONS:
         raise ParameterError(f"`selection` {options.selection}: choose one of {', '.join(SELECTIONS)}")
     run_dir = Path(run_dir)
@@ -148,7 +150,7 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
         restore_rng_states(state["rng"], order)
         start_epoch, history, best = state["epoch"], list(state["history"]), state.get("best")
         if dist.is_main:
-            log(f"resuming {run_dir} after epoch {start_epoch} of {options.epochs}")
+            (log or logger.info)(f"resuming {run_dir} after epoch {start_epoch} of {options.epochs}")
     frozen_keys = stage.frozen_keys()
     if frozen_sha256 is None and dist.is_main:
         frozen_sha256 = save_frozen(run_dir, stage)  # once: these entries never change
@@ -212,11 +214,11 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
                 with write_errors(run_dir, "`run_dir`", f" and continue with `resume` {run_dir},"):
                     atomic_torch_save(run_dir / STATE_FILE, payload)
                     write_text(run_dir / LOG_FILE, "".join(json.dumps(r) + "\n" for r in history))
-                bar.write(_epoch_line(record, options.epochs))
+                logger.info(_epoch_line(record, options.epochs))
                 if reason:
-                    bar.write(f"warning: {stage.name} epoch {epoch + 1}: {reason}: the run is diverging "
-                              f"(rule: not finite or over {DIVERGENCE_FACTOR:g}× the lowest so far); "
-                              "try a smaller --lr", file=sys.stderr)
+                    logger.warning(f"{stage.name} epoch {epoch + 1}: {reason}: the run is diverging "
+                                   f"(rule: not finite or over {DIVERGENCE_FACTOR:g}× the lowest so far); "
+                                   "try a smaller `lr`")
             dist.barrier()
         if stopper.signum is not None:
             raise TrainingInterrupted(stopper.signum, run_dir, options.epochs)
