@@ -132,7 +132,8 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
         train_indices, held_out = np.arange(len(crops)), np.array([], dtype=np.int64)
     if options.selection == "test_auc" or options.log_test_auc:
         if not test_scenes:
-            raise FersError("`select_on_test` / `log_test_auc` need the HAD100 test set (test/<sensor>/ under `data_path`)")
+            raise FersError("`select_on_test` / `log_test_auc` need the HAD100 test set "
+                            "(test/<sensor>/ under `data_path`)")
     if options.batch_size % dist.world_size:
         raise ParameterError(f"`batch_size` {options.batch_size} is the global batch: it must be divisible by the "
                         f"{dist.world_size} processes")

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ..backbones import ResNet, load_imagenet_weights
-from ..checkpoints import RESTORATION_FILE, STAGE1_FILES, band_folder, load_fen, save_fen, save_spatial_branch, save_state
+from ..checkpoints import (RESTORATION_FILE, STAGE1_FILES, band_folder, load_fen, save_fen, save_spatial_branch,
+                           save_state)
 from ..errors import FersError, ParameterError
 from ..fen import FEN
 from ..io import OutputFolder
@@ -149,7 +150,8 @@ class Stage1:
         """``convh.pt``, ``enc.pt``, ``pc.pt`` in ``<checkpoint_dir>/<C>bands/``; their config also
         records how the FEN was trained."""
         folder = band_folder(checkpoint_dir, self.channels)
-        with OutputFolder(folder, "`checkpoint_dir`", "the checkpoints") as staging:
+        # the export's error names the flag itself (pinned by tests/test_faults.py)
+        with OutputFolder(folder, "--checkpoint_dir", "the checkpoints") as staging:
             save_fen(staging, self.net.fen, training_info)
         return folder
 
@@ -244,7 +246,8 @@ class Stage2:
 
     def export(self, checkpoint_dir, training_info: dict) -> Path:
         folder = band_folder(checkpoint_dir, self.channels)
-        with OutputFolder(folder, "`checkpoint_dir`", "the checkpoints") as staging:
+        # the export's error names the flag itself (pinned by tests/test_faults.py)
+        with OutputFolder(folder, "--checkpoint_dir", "the checkpoints") as staging:
             save_spatial_branch(staging, self.spatial, training_info)
             save_state(staging / RESTORATION_FILE, self.student.restoration,
                        {"channels": self.channels, "training": training_info})
