@@ -13,41 +13,54 @@ EXIT_USAGE = 2
 class FersError(Exception):
     """A problem with the user's input (file, folder, option) that the user can fix.
 
-    The message names the file and says what to do; command lines print it on one line
-    and exit with code 2. ``parameters``: the library parameters the message names (e.g.
-    ``band_policy``); a command line shows them as its flags (:meth:`for_command_line`).
+    The message names the file and says what to do; command lines print it on one line and exit
+    with code 2. Library messages mark parameter names in backquotes (`` `band_policy` ``); a
+    command line shows its flags instead (:func:`as_flags`).
     """
 
-    def __init__(self, message: str = "", parameters: tuple = ()):
-        super().__init__(message)
-        self.parameters = tuple(parameters)
 
-    def for_command_line(self, flags: dict) -> str:
-        """The message with each named parameter replaced by its flag in ``flags`` (whole words, not
-        inside paths)."""
-        message = str(self)
-        for name in self.parameters:
-            if name in flags:
-                message = re.sub(rf"(?<![\w/.-]){re.escape(name)}(?![\w/])", flags[name], message)
-        return message
+class ParameterError(FersError, ValueError):
+    """A value a library parameter does not accept (the message names the parameter)."""
 
 
-class _Console(logging.Handler):
-    """Records of the ``fers`` logger as plain lines on the current ``sys.stdout``: what the library
-    logs (notes, warnings) reads on a command's console as it always did."""
+# Library parameters → the flag a command line shows, when it is not ``--<name>``.
+PARAMETER_FLAGS: dict[str, str] = {}
+_PARAMETER = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+
+
+def as_flags(text: str) -> str:
+    """``text`` with every `` `parameter` `` replaced by its command-line flag."""
+    return _PARAMETER.sub(lambda m: PARAMETER_FLAGS.get(m.group(1), f"--{m.group(1)}"), text)
+
+
+class ConsoleHandler(logging.Handler):
+    """The ``fers`` logger as the commands print it: the message alone (parameters as flags) on
+    stdout; warnings on stderr after ``warning:``; beside tqdm's progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            print(self.format(record), file=sys.stdout)
+            message = as_flags(self.format(record))
+            if record.levelno >= logging.WARNING:
+                _write(f"warning: {message}", sys.stderr)  # the streams of now (tests swap them)
+            else:
+                _write(message, sys.stdout)
         except Exception:  # logging must never stop a run
             self.handleError(record)
 
 
+def _write(line: str, stream) -> None:
+    if "tqdm" in sys.modules:  # keep an active progress bar intact
+        sys.modules["tqdm"].tqdm.write(line, file=stream)
+    else:
+        print(line, file=stream)
+
+
 def console_logging() -> None:
-    """Show the ``fers`` logger's INFO and above on stdout (once per process; every command does this)."""
+    """Show the ``fers`` logger's INFO and above as :class:`ConsoleHandler` does (once per process;
+    every command does this)."""
     logger = logging.getLogger("fers")
-    if not any(isinstance(handler, _Console) for handler in logger.handlers):
-        logger.addHandler(_Console())
+    if not any(isinstance(handler, ConsoleHandler) for handler in logger.handlers):
+        logger.addHandler(ConsoleHandler())
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
         logger.setLevel(logging.INFO)
 
@@ -61,9 +74,7 @@ def cli_entry(main):
         try:
             return main(argv)
         except FersError as error:
-            from .cli import PARAMETER_FLAGS
-
-            print(f"error: {error.for_command_line(PARAMETER_FLAGS)}", file=sys.stderr)
+            print(f"error: {as_flags(str(error))}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

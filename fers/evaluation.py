@@ -234,7 +234,8 @@ def load_inputs(scenes: list[Scene], channels: int, band_policy: str, log=None):
             (log or _log.info)(f"note: {scene.cube_path}: no ground truth (no 2-D array of the scene's size in the file); "
                 "detection only, its metrics are NaN and left out of the means")
         elif not mask.any():
-            (log or _log.warning)(f"warning: {scene.cube_path}: the ground truth has no anomaly pixel; its AUC is undefined (NaN) "
+            # on stdout with the per-scene lines, as the commands always printed it
+            (log or _log.info)(f"warning: {scene.cube_path}: the ground truth has no anomaly pixel; its AUC is undefined (NaN) "
                 "and left out of the mean")
     return cubes, masks, bands
 

@@ -129,14 +129,14 @@ def apply_band_policy(cube: np.ndarray, channels: int, policy: str = "interp", n
     bands = cube.shape[2]
     if policy == "error" and bands != channels:
         raise FersError(f"{name}: has {bands} bands but the model takes {channels} "
-                        "(band_policy error); use band_policy first or interp, or a model for "
-                        f"{bands} bands", parameters=("band_policy",))
+                        "(`band_policy` error); use `band_policy` first or interp, or a model for "
+                        f"{bands} bands")
     if bands >= channels:
         return cube[:, :, :channels], (f"first {channels} of {bands} bands" if bands > channels
                                        else f"all {bands} bands")
     if policy == "first":
         raise FersError(f"{name}: has {bands} bands, fewer than the model's {channels}; "
-                        "use band_policy interp or a model for fewer bands", parameters=("band_policy",))
+                        "use `band_policy` interp or a model for fewer bands")
     return interpolate_bands(cube, channels), f"{bands} bands linearly interpolated to {channels}"
 
 

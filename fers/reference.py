@@ -23,7 +23,7 @@ import random
 import numpy as np
 import torch
 
-from .errors import FersError
+from .errors import FersError, ParameterError
 
 PROTOCOLS = ("default", "reference")
 DATA_ORDERS = ("seeded", "reference")
@@ -65,7 +65,7 @@ def resolve_protocol(stage: str, protocol: str, channels: int, sensor: str, *, s
     """The settings of one stage's run. ``None`` (flag not given) takes the protocol's value; an
     explicit value wins. Returns a dict recorded in ``config.json`` and the checkpoints."""
     if protocol not in PROTOCOLS:
-        raise FersError(f"--protocol {protocol}: choose one of {', '.join(PROTOCOLS)}")
+        raise ParameterError(f"`protocol` {protocol}: choose one of {', '.join(PROTOCOLS)}")
     reference = protocol == "reference"
     notes = []
     if seed is None:
@@ -135,7 +135,7 @@ def epoch_permutation(data_order: str, count: int, generator: torch.Generator) -
         return dataloader_permutation(count).numpy()
     if data_order == "seeded":
         return torch.randperm(count, generator=generator).numpy()
-    raise FersError(f"--data_order {data_order}: choose one of {', '.join(DATA_ORDERS)}")
+    raise ParameterError(f"`data_order` {data_order}: choose one of {', '.join(DATA_ORDERS)}")
 
 
 def end_of_epoch_draws(data_order: str) -> None:

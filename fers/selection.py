@@ -10,6 +10,7 @@ strictly better mean is kept.
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -31,9 +32,10 @@ class TestSelectionSet:
     validated and cut to its first ``channels`` bands here, never again during training.
     """
 
-    def __init__(self, scenes, channels: int, log=print):
+    def __init__(self, scenes, channels: int, log=None):
         from .evaluation import load_inputs
 
+        log = log or logging.getLogger("fers.training").info
         self.channels = channels
         self.names = [scene.name for scene in scenes]
         cubes, self.masks, _ = load_inputs(scenes, channels, "first", log)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FersError
+from .errors import FersError, ParameterError
 from .io import load_cube, sha256_file
 from .preprocessing import normalize_cube, to_chw, validate_cube
 
@@ -52,21 +52,21 @@ def training_files(data_path, sensor: str = "aviris_ng") -> tuple[list[Path], st
     root = Path(data_path)
     if not root.is_dir():
         raise FersError(f"{root}: training data folder not found; download HAD100 (see README, 'Data') "
-                        "or pass --data_path (the HAD100 root or a folder of .mat/.npy scenes)")
+                        "or pass `data_path` (the HAD100 root or a folder of .mat/.npy scenes)")
     train = root / "train"
     if train.is_dir():
         folder = train / sensor
         if not folder.is_dir():
             found = ", ".join(sorted(p.name for p in train.iterdir() if p.is_dir())) or "none"
-            raise FersError(f"{folder}: no such sensor folder (found: {found}); choose --sensor")
+            raise FersError(f"{folder}: no such sensor folder (found: {found}); choose `sensor`")
         files = sorted(folder.glob("*.npy"))
         if not files:
-            raise FersError(f"{folder}: no training scenes (*.npy); check --data_path and --sensor")
+            raise FersError(f"{folder}: no training scenes (*.npy); check `data_path` and `sensor`")
         return files, f"HAD100 train/{sensor}"
     files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in SCENE_SUFFIXES)
     if not files:
         raise FersError(f"{root}: no training scenes (no train/<sensor>/*.npy and no "
-                        f"{'/'.join(SCENE_SUFFIXES)} files); check --data_path")
+                        f"{'/'.join(SCENE_SUFFIXES)} files); check `data_path`")
     return files, f"scene folder {root}"
 
 
@@ -92,11 +92,11 @@ def _read_scene(path: Path, channels: int, size: int) -> tuple[np.ndarray, str, 
     cube = load_cube(path)
     height, width, bands = cube.shape
     if bands < channels:
-        raise FersError(f"{path}: has {bands} bands, fewer than --input_channel {channels}; "
+        raise FersError(f"{path}: has {bands} bands, fewer than `input_channel` {channels}; "
                         "remove it from the training folder or train a model for fewer bands")
     if height < size or width < size:
         raise FersError(f"{path}: scene is {height}×{width}, smaller than the {size}×{size} crop; "
-                        "remove it or use a smaller --img_size")
+                        "remove it or use a smaller `img_size`")
     cube = np.asarray(cube[:, :, :channels])
     validate_cube(cube, str(path))
     return cube, sha256_file(path), [height, width, bands]
@@ -107,9 +107,9 @@ def load_training_data(data_path, channels: int, img_size: int = 64, sensor: str
                        workers: int = 1) -> TrainingData:
     """Read every scene, check it, and cut the normalised crops ``(N, C, S, S)``."""
     if img_size < 8 or img_size % 8:
-        raise FersError(f"--img_size {img_size}: must be a positive multiple of 8 (the decoder halves it 3 times)")
+        raise ParameterError(f"`img_size` {img_size}: must be a positive multiple of 8 (the decoder halves it 3 times)")
     if crop not in CROP_MODES:
-        raise FersError(f"--crop {crop}: choose one of {', '.join(CROP_MODES)}")
+        raise ParameterError(f"`crop` {crop}: choose one of {', '.join(CROP_MODES)}")
     files, source = training_files(data_path, sensor)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         scenes = list(pool.map(lambda p: _read_scene(p, channels, img_size), files))
@@ -133,8 +133,8 @@ def split_held_out(count: int, fraction: float, seed: int) -> tuple[np.ndarray, 
     """Indices ``(train, held_out)``: a seeded random ``fraction`` of the crops (at least one, and at
     least one left for training) is held out for label-free model selection."""
     if count < 2:
-        raise FersError(f"only {count} training crop(s): too few to hold some out for --selection val_loss; "
-                        "use --selection last or more data")
+        raise FersError(f"only {count} training crop(s): too few to hold some out for `selection` val_loss; "
+                        "use `selection` last or more data")
     held = min(count - 1, max(1, int(round(fraction * count))))
     order = np.random.default_rng(seed + 1).permutation(count)
     return np.sort(order[held:]), np.sort(order[:held])

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from .. import detectors
+from ..errors import PARAMETER_FLAGS, ConsoleHandler, FersError, as_flags, console_logging  # noqa: F401 (re-exported)
 from ..io import CUBE_LAYOUTS, LAYOUT_CHECK
 from ..preprocessing import BAND_POLICIES
 from ..utils import DEVICES, REPO_ROOT
-from . import PARAMETER_FLAGS  # noqa: F401 (the error-message mapping, re-exported)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_channels: int, abu: bool = False) -> None:
@@ -61,3 +62,12 @@ def add_layout_argument(parser: argparse.ArgumentParser, *names: str) -> None:
 def cube_layout(args) -> str:
     """The layout to load with: the one asked for, or ``check`` (hwb, refusing a bands-first look)."""
     return args.cube_layout or LAYOUT_CHECK
+
+
+@contextlib.contextmanager
+def flags_in_errors():
+    """Re-raise a library :class:`FersError` with its parameter names shown as flags."""
+    try:
+        yield
+    except FersError as error:
+        raise FersError(as_flags(str(error))) from None

@@ -4,156 +4,40 @@ the top-level ``train.py --stage 1|2|all``. Flag names follow the reference rele
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 import sys
-from datetime import datetime
-from pathlib import Path
 
-from ..backbones import ARCHITECTURES
-from ..checkpoints import band_folder
-from ..datasets import had100_manifest
-from ..errors import FersError, cli_entry
-from ..fen import FEN, REFERENCE_BACKBONE
-from ..io import ensure_writable_dir
-from ..losses import BCE_INPUTS
-from ..reference import DATA_ORDERS, PROTOCOLS, REFERENCE_TEST_SENSOR, resolve_protocol, seed_run
-from ..selection import TestSelectionSet
-from ..training import (REFERENCE, SELECTIONS, SPATIAL_BN_MODES, Stage1, Stage2, TrainingInterrupted,
-                        TrainingOptions, default_run_dir, fit, load_run_state, load_stage1_for_stage2,
-                        prepare_run_dir, read_run_config, run_config, setup_distributed, shutdown_distributed,
-                        write_run_config)
-from ..training_data import CROP_MODES, HAD100_TRAIN_SENSORS, load_training_data
-from ..utils import DEVICES, REPO_ROOT, default_threads
-from .common import check_positive
-
-STAGES = {"1": "stage1", "2": "stage2"}
-# Paths recorded in config.json; stored absolute so that a run resumes from any folder.
-PATH_FLAGS = ("data_path", "checkpoint_dir", "run_dir", "backbone_weights")
-# With --resume: flags that never change the trained weights (taken from this command line) ...
-RESUME_FREE = ("device", "workers", "no_progress")
-# ... and flags that are checked, then honoured (recorded in config.json under "resumes").
-RESUME_HONOURED = ("data_path", "checkpoint_dir", "epochs")
+from ..errors import ParameterError, cli_entry
+from ..training import TrainConfig, TrainingInterrupted, train
+from ..training.config import STAGES
+from ..training.api import protocol_settings  # noqa: F401 (the settings of parsed flags, for tests and tools)
+from ..utils import REPO_ROOT, default_threads
+from .common import as_flags, console_logging, flags_in_errors
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, stages: tuple) -> None:
-    """The flags of both stages; ``stages`` says which stage-specific ones apply."""
-    add = parser.add_argument
-    add("--input_channel", type=int, default=50, help="bands C the model takes: the first C bands of every scene "
-        "(reference models: 50, 100, 200; default %(default)s)")
-    add("--data_path", default=str(REPO_ROOT / "data" / "HAD100Dataset"),
-        help="HAD100 root (training scenes in train/<sensor>/*.npy) or any folder of .mat/.npy/.npz scenes "
-             "(default: %(default)s)")
-    add("--sensor", default="aviris_ng", choices=HAD100_TRAIN_SENSORS,
-        help="HAD100 training sensor folder (default %(default)s)")
-    add("--checkpoint_dir", default=str(REPO_ROOT / "checkpoints"),
-        help="parent folder of <C>bands/: stage 1 writes convh.pt, enc.pt, pc.pt there, stage 2 reads them "
-             "and writes spa_fen.pt and restoration.pt (default: %(default)s)")
-    add("--device", choices=DEVICES, default="auto", help="auto = CUDA if available, else CPU (default %(default)s)")
-    add("--epochs", type=int, default=REFERENCE["epochs"], help="epochs (reference: %(default)s)")
-    add("--batch_size", type=int, default=REFERENCE["batch_size"],
-        help="crops per step, summed over all processes under torchrun (reference: %(default)s)")
-    add("--img_size", type=int, default=REFERENCE["img_size"],
-        help="crop size, a multiple of 8 (reference: %(default)s)")
-    add("--lr", type=float, default=REFERENCE["lr"],
-        help=f"Adam learning rate (reference: %(default)s, betas {REFERENCE['betas']})")
-    add("--protocol", choices=PROTOCOLS, default="default",
-        help="reference: every behaviour of the reference release at once (sigmoid BCE input, ResNet-34 BN in "
-             "train mode, selection on the test AUC, the reference's seeds and data order); a flag given "
-             "explicitly still wins. default: this project's defaults (see docs/training.md). Recorded in "
-             "config.json and the checkpoints")
-    add("--seed", type=int, default=None,
-        help="seed of initialisation, crops and data order (default 0; --protocol reference: the reference's "
-             "seeds, 10 for stage 1 and 370/810/820/850 for stage 2 by band count and sensor)")
-    add("--data_order", choices=DATA_ORDERS, default=None,
-        help="seeded: each epoch's order from a generator of its own, seeded by --seed (default); reference: "
-             "the order of the reference's DataLoader(shuffle=True), drawn from the global torch generator "
-             "(default with --protocol reference)")
-    if "stage1" in stages:
-        add("--backbone", choices=sorted(ARCHITECTURES), default=REFERENCE_BACKBONE,
-            help="stage-1 ImageNet teacher (reference: %(default)s; resnet18 or wide_resnet50_2 for quick CPU "
-                 "runs); the FEN records it so test.py rebuilds the same network")
-        add("--bce_input", choices=BCE_INPUTS, default=None,
-            help="logits (default): the classifier's logits conv3(|p2 - p1|) into BCE-with-logits; sigmoid: the "
-                 "reference's sigmoid output fed into BCE-with-logits (default with --protocol reference)")
-    add("--backbone_weights", default=None,
-        help="ImageNet weights: torchvision's .pth file, or a folder holding it (use a folder for --stage all, "
-             "which needs the teacher's and ResNet-34's files); default: $FERS_WEIGHTS_DIR, the torch.hub "
-             "cache, then a hash-checked download")
-    add("--no_pretrained", action="store_true",
-        help="train from RANDOMLY initialised backbones (no ImageNet weights): for tests and offline trials only")
-    if "stage2" in stages:
-        add("--spatial_bn", choices=SPATIAL_BN_MODES, default=None,
-            help="eval (default): the frozen ResNet-34 keeps its ImageNet BatchNorm statistics; train: the "
-                 "reference, whose statistics drift with the training data (default with --protocol reference)")
-    add("--crop", choices=CROP_MODES, default="tile",
-        help="tile (default): non-overlapping img_size tiles of every scene (the whole scene for 64×64 HAD100 "
-             "cubes); random: crops at seeded random positions")
-    add("--crops_per_scene", type=int, default=None,
-        help="crops per scene with --crop random (default: as many as tiles fit)")
-    add("--selection", choices=SELECTIONS, default=None,
-        help="label-free model selection: last epoch (default) or lowest loss on held-out training crops "
-             "(--protocol reference selects on the test AUC unless this is given)")
-    add("--val_fraction", type=float, default=0.1,
-        help="share of training crops held out for --selection val_loss (default %(default)s)")
-    add("--select_on_test", action="store_true",
-        help="the reference's selection: keep the epoch with the best mean AUC on the HAD100 test set "
-             "(uses test labels; recorded in config.json, log.jsonl and the checkpoints)")
-    add("--log_test_auc", action="store_true",
-        help="log the HAD100 test-set mean AUC every epoch without selecting on it")
-    add("--test_sensor", default=REFERENCE_TEST_SENSOR,
-        help="HAD100 test folder test/<test_sensor> of --select_on_test / --log_test_auc (default %(default)s, "
-             "as the reference, also when training on --sensor aviris)")
-    add("--run_dir", default=None, help="run folder (default: runs/<stage>_<C>bands_<time>/)")
-    add("--resume", default=None, metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its last completed epoch with its recorded settings; "
-             "--device, --workers, --no_progress may change, --epochs N continues to N epochs, --data_path "
-             "may name a moved copy of the same files, --checkpoint_dir another export folder; any other "
-             "flag that differs from the recorded value is refused")
-    add("--workers", type=int, default=2, help="threads reading the training scenes (default %(default)s)")
-    add("--no_progress", action="store_true", help="no progress bar")
+def add_training_arguments(parser: argparse.ArgumentParser, stages: tuple, main: bool = False) -> None:
+    """The flags of :class:`TrainConfig`'s fields, in its order: ``stages`` says which stage-specific
+    ones apply; ``main``: the top-level ``train.py`` (with ``--stage``)."""
+    for item in dataclasses.fields(TrainConfig):
+        meta = item.metadata
+        if not meta["cli"] or (meta["main_only"] and not main) or not set(meta["stages"]) & set(stages):
+            continue
+        options = {"default": item.default, "help": meta["help"]}
+        if isinstance(item.default, bool):
+            options["action"] = "store_true"
+        else:
+            kind = meta["type"] or (type(item.default) if isinstance(item.default, (int, float)) else None)
+            options.update({k: v for k, v in (("type", kind), ("choices", meta["choices"]),
+                                              ("metavar", meta["metavar"])) if v is not None})
+        parser.add_argument(f"--{item.name}", **options)
 
 
 def _check(parser, args) -> None:
-    check_positive(parser, input_channel=args.input_channel, epochs=args.epochs, batch_size=args.batch_size,
-                   img_size=args.img_size, workers=args.workers, crops_per_scene=args.crops_per_scene)
-    if args.img_size % 8:
-        parser.error(f"--img_size {args.img_size}: must be a multiple of 8")
-    if not args.lr > 0:
-        parser.error("--lr must be positive")
-    if not 0 < args.val_fraction < 1:
-        parser.error("--val_fraction must be between 0 and 1")
-
-
-def _options(args, settings: dict) -> TrainingOptions:
-    return TrainingOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, betas=REFERENCE["betas"],
-                           seed=settings["seed"], selection=settings["selection"],
-                           val_fraction=args.val_fraction, log_test_auc=args.log_test_auc,
-                           progress=not args.no_progress, data_order=settings["data_order"], protocol=settings)
-
-
-def protocol_settings(stage_name: str, args) -> dict:
-    """The settings of one stage from its flags and ``--protocol`` (explicit flags win); older run
-    configurations without the newer flags resolve as they trained."""
-    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
-    return resolve_protocol(stage_name, get("protocol", "default"), args.input_channel, args.sensor,
-                            seed=get("seed"), bce_input=get("bce_input"), spatial_bn=get("spatial_bn"),
-                            selection=get("selection"), select_on_test=get("select_on_test", False),
-                            data_order=get("data_order"), test_sensor=get("test_sensor"))
-
-
-def _agreed_run_dir(dist, path) -> Path:
-    """Rank 0 picks the default run folder; every process uses it."""
-    if dist.world_size > 1:
-        import torch.distributed
-
-        holder = [str(path)]
-        torch.distributed.broadcast_object_list(holder, src=0)
-        path = holder[0]
-    return Path(path)
-
-
-def _absolute(path) -> str | None:
-    return None if path is None else os.path.abspath(os.path.expanduser(str(path)))
+    """What :meth:`TrainConfig.validate` refuses, as a usage error naming the flag."""
+    try:
+        TrainConfig.from_dict(vars(args)).validate()
+    except ParameterError as error:
+        parser.error(as_flags(str(error)))
 
 
 def given_flags(parser: argparse.ArgumentParser, argv) -> set:
@@ -164,150 +48,6 @@ def given_flags(parser: argparse.ArgumentParser, argv) -> set:
     return set(vars(parser.parse_args(argv)))
 
 
-def _recorded_cwd(recorded: dict, run_dir: Path) -> str:
-    """The working folder the run was started from: recorded since config.json has ``cwd``; for older
-    runs, inferred from a relative ``--run_dir`` (``<cwd>/<run_dir>`` is the run folder), else this one."""
-    if recorded.get("cwd"):
-        return recorded["cwd"]
-    old = recorded["args"].get("run_dir")
-    if old and not os.path.isabs(old):
-        parts = Path(os.path.normpath(old)).parts
-        if ".." not in parts and run_dir.parts[-len(parts):] == parts:
-            return str(Path(*run_dir.parts[:-len(parts)]))
-    return os.getcwd()
-
-
-# Flags recorded as None when not given, resolved by --protocol (fers.reference.resolve_protocol).
-PROTOCOL_RESOLVED = ("seed", "bce_input", "spatial_bn", "selection", "data_order", "test_sensor")
-
-
-def resume_settings(recorded: dict, args, given: set, run_dir: Path):
-    """The arguments of a resumed run: the recorded ones (relative paths of older runs resolved against
-    the run's working folder) with this command line's :data:`RESUME_FREE` flags, and the checked
-    :data:`RESUME_HONOURED` flags that were given. Returns ``(namespace, {flag: (old, new)})``; any other
-    given flag whose value differs from the recorded one is refused with one line."""
-    resumed = argparse.Namespace(**recorded["args"])
-    cwd = _recorded_cwd(recorded, run_dir)
-    for flag in PATH_FLAGS:
-        value = getattr(resumed, flag, None)
-        if value is not None and not os.path.isabs(os.path.expanduser(value)):
-            setattr(resumed, flag, os.path.normpath(os.path.join(cwd, os.path.expanduser(value))))
-    changes = {}
-    for flag in sorted(given - {"resume", *RESUME_FREE}):
-        new = _absolute(getattr(args, flag)) if flag in PATH_FLAGS else getattr(args, flag)
-        missing = not hasattr(resumed, flag)
-        old = getattr(resumed, flag, None)
-        if old is None and flag in PROTOCOL_RESOLVED:  # not given then: compare with what the protocol chose
-            old = (recorded.get("protocol") or {}).get(flag, recorded.get(flag))
-            if new == old:
-                continue
-        if flag == "run_dir":
-            if new not in (old, str(run_dir)):
-                raise FersError(f"--run_dir {new}: --resume continues the run in its own folder {run_dir}; "
-                                "drop --run_dir (or drop --resume to start a new run there)")
-        elif flag in RESUME_HONOURED:
-            if new != old:
-                changes[flag] = (old, new)
-                setattr(resumed, flag, new)
-        elif missing or new != old:
-            shown = "not recorded (the run predates the flag)" if missing else f"recorded {old}"
-            raise FersError(f"--{flag} {new}: would change the run in {run_dir} ({shown}); drop --{flag} "
-                            "to continue it, or start a new run with another --run_dir")
-    for flag in RESUME_FREE:
-        setattr(resumed, flag, getattr(args, flag))
-    resumed.resume = str(run_dir)
-    if "data_path" not in changes and not Path(resumed.data_path).is_dir():
-        raise FersError(f"{resumed.data_path}: the training data folder of the run in {run_dir} is not there; "
-                        "pass --data_path with the folder that now holds the same files")
-    return resumed, changes
-
-
-def _manifest_difference(recorded: list, current: list) -> str:
-    old = {m["file"]: m["sha256"] for m in recorded}
-    new = {m["file"]: m["sha256"] for m in current}
-    parts = []
-    for label, names in (("missing", sorted(set(old) - set(new))), ("not in the run", sorted(set(new) - set(old))),
-                         ("content changed", sorted(n for n in set(old) & set(new) if old[n] != new[n]))):
-        if names:
-            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-            parts.append(f"{label}: {shown}")
-    return "; ".join(parts) or "shapes differ"
-
-
-def train_stage(stage_name: str, args, dist, resume_dir=None, recorded: dict | None = None,
-                changes: dict | None = None) -> dict:
-    """Train one stage with parsed ``args`` (fresh, or resuming ``resume_dir`` with ``recorded`` config and
-    the honoured ``changes`` from :func:`resume_settings`)."""
-    fresh = resume_dir is None
-    channels = args.input_channel
-    settings = protocol_settings(stage_name, args)
-    seed_run(settings)
-    state = None if fresh else load_run_state(resume_dir)  # None: killed before its first epoch ended
-    if state is not None and args.epochs < state["epoch"]:
-        raise FersError(f"--epochs {args.epochs}: the run in {resume_dir} has already completed {state['epoch']} "
-                        f"epochs; pass --epochs {state['epoch']} or more, or start a new run")
-    restored = state is not None  # the networks come from the state, not from ImageNet/stage-1 files
-    fen = None
-    if stage_name == "stage2":
-        fen = (FEN(channels, recorded["network"]["fen_backbone"]) if restored
-               else load_stage1_for_stage2(args.checkpoint_dir, channels))
-    data = load_training_data(args.data_path, channels, args.img_size, args.sensor, args.crop,
-                              args.crops_per_scene, settings["seed"], args.workers)
-    if not fresh and data.manifest != recorded["data"]["manifest"]:
-        difference = _manifest_difference(recorded["data"]["manifest"], data.manifest)
-        if "data_path" in (changes or {}):
-            raise FersError(f"{args.data_path}: does not hold the training files of the run in {resume_dir} "
-                            f"({difference}); pass the folder with the recorded files, or start a new run")
-        raise FersError(f"{args.data_path}: the training data changed since the run in {resume_dir} began "
-                        f"(files or SHA-256 differ from its config.json; {difference}); restore them or start a new run")
-    options = _options(args, settings)
-    test_set = None
-    if options.selection == "test_auc" or options.log_test_auc:  # read and validated once per run
-        test_set = TestSelectionSet(had100_manifest(args.data_path, settings["test_sensor"]), channels)
-    pretrained = not args.no_pretrained
-    if stage_name == "stage1":
-        stage = Stage1(channels, args.backbone, dist.device, settings["bce_input"], args.backbone_weights,
-                       pretrained, load_backbone=not restored)
-    else:
-        stage = Stage2(channels, fen, dist.device, settings["spatial_bn"], args.backbone_weights, pretrained,
-                       load_backbone=not restored)
-    if fresh:
-        run_dir = _agreed_run_dir(dist, args.run_dir or default_run_dir(stage_name, channels))
-    else:
-        run_dir = Path(resume_dir)
-        if restored:
-            stage.weights_source = recorded["network"].get("backbone_weights", stage.weights_source)
-    prepare_run_dir(run_dir, fresh)  # every process checks, so none waits for a process that stopped
-    ensure_writable_dir(band_folder(args.checkpoint_dir, channels), "--checkpoint_dir")
-    dist.barrier()
-    if dist.is_main:
-        if fresh:
-            write_run_config(run_dir, run_config(stage, vars(args), data, options, dist))
-        else:  # record every resume, and what it changed
-            recorded["args"].update({flag: new for flag, (_, new) in (changes or {}).items()})
-            recorded["data"]["source"] = data.source
-            recorded.setdefault("resumes", []).append(
-                {"time": datetime.now().isoformat(timespec="seconds"), "after_epoch": state["epoch"] if state else 0,
-                 "cwd": os.getcwd(), "device": str(dist.device),
-                 "changed": {flag: {"recorded": old, "now": new} for flag, (old, new) in (changes or {}).items()}})
-            write_run_config(run_dir, recorded)
-            for flag, (old, new) in (changes or {}).items():
-                print(f"resume: --{flag} {new} (recorded: {old})")
-        print(f"{stage_name}: {len(data)} crops of {args.img_size}×{args.img_size}×{channels} from "
-              f"{data.source}; {options.epochs} epochs, batch {options.batch_size}, device {dist.device}"
-              f"{f' × {dist.world_size} processes' if dist.world_size > 1 else ''}; selection "
-              f"{options.selection}{' (ON TEST LABELS, as the reference)' if options.selection == 'test_auc' else ''}"
-              f"; protocol {settings['protocol']}, seed {settings['seed']} ({settings['seed_source']}), data order "
-              f"{settings['data_order']}; run folder {run_dir}")
-        for note in settings["notes"]:
-            print(f"note: {note}")
-    summary = fit(stage, data, options, run_dir, dist, args.checkpoint_dir, state, test_set)
-    if dist.is_main:
-        print(f"{stage_name} done: epoch {summary['selected_epoch']} exported to {summary['checkpoint_folder']} "
-              f"(selection: {summary['selection']}); run folder {run_dir}")
-    return summary
-
-
 def _interrupted(error: TrainingInterrupted) -> int:
     saved = (f"{error.run_dir}/state.pt holds the last completed epoch ({error.epochs_done})" if error.epochs_done
              else "no epoch had completed yet (resuming starts the run again)")
@@ -316,34 +56,17 @@ def _interrupted(error: TrainingInterrupted) -> int:
     return 128 + error.signum
 
 
-def _run(stages: list[str], args, given: set = frozenset()) -> int:
-    """Fresh run of one stage or of stage 1 then stage 2; or resume a recorded run (``given``: the flags
-    typed on the command line, see :func:`given_flags`). The process group (under torchrun) is joined
-    once for all stages."""
+def _run(args, given: set = frozenset()) -> int:
+    """Train as ``args`` say (``given``: the flags typed on the command line, see :func:`given_flags`);
+    library errors name parameters, shown here as flags."""
     default_threads()
-    for flag in PATH_FLAGS:  # absolute paths: the run (and the printed resume command) work from any folder
-        setattr(args, flag, _absolute(getattr(args, flag, None)))
-    dist = setup_distributed(args.device)
+    console_logging()
     try:
-        if args.resume:
-            run_dir = Path(_absolute(args.resume))
-            recorded = read_run_config(run_dir)
-            resumed, changes = resume_settings(recorded, args, set(given), run_dir)
-            train_stage(recorded["stage"], resumed, dist, run_dir, recorded, changes)
-            if recorded["stage"] == "stage1" and recorded["args"].get("stage") == "all":
-                resumed.run_dir = str(run_dir.parent / "stage2") if resumed.run_dir else None
-                train_stage("stage2", resumed, dist)
-            return 0
-        base = args.run_dir
-        for stage_name in stages:
-            if base and len(stages) > 1:
-                args.run_dir = str(Path(base) / stage_name)
-            train_stage(stage_name, args, dist)
+        with flags_in_errors():
+            train(TrainConfig.from_dict(vars(args)), given=set(given))
         return 0
     except TrainingInterrupted as error:
         sys.exit(_interrupted(error))
-    finally:
-        shutdown_distributed(dist)
 
 
 def stage_parser(stage_name: str, prog: str) -> argparse.ArgumentParser:
@@ -362,7 +85,7 @@ def _stage_main(stage: str, prog: str, argv):
     args = parser.parse_args(argv)
     _check(parser, args)
     args.stage = stage
-    return _run([STAGES[stage]], args, given_flags(stage_parser(STAGES[stage], prog), argv))
+    return _run(args, given_flags(stage_parser(STAGES[stage], prog), argv))
 
 
 @cli_entry
@@ -379,9 +102,7 @@ def main_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train.py", description="Train FERS: --stage 1 (FERD, the spectral FEN), 2 (the spatial branch on a "
                                      "trained stage 1; the default, as step 2 of the reference README) or all.")
-    parser.add_argument("--stage", choices=("1", "2", "all"), default="2",
-                        help="1, 2 (default) or all = stage 1 then stage 2 with one command")
-    add_training_arguments(parser, ("stage1", "stage2"))
+    add_training_arguments(parser, ("stage1", "stage2"), main=True)
     return parser
 
 
@@ -390,5 +111,4 @@ def main(argv=None):
     parser = main_parser()
     args = parser.parse_args(argv)
     _check(parser, args)
-    stages = ["stage1", "stage2"] if args.stage == "all" else [STAGES[args.stage]]
-    return _run(stages, args, given_flags(main_parser(), argv))
+    return _run(args, given_flags(main_parser(), argv))
