@@ -9,6 +9,7 @@ Files are written atomically (temporary file, then rename).
 
 from __future__ import annotations
 
+import logging
 import pickle
 import zipfile
 from pathlib import Path
@@ -20,6 +21,8 @@ from .fen import FEN, REFERENCE_BACKBONE
 from .outputs import _first_sentence, atomic_torch_save
 from .restoration import RestorationNetwork, drop_legacy_attention_biases
 from .spatial_branch import SPATIAL_BACKBONE, SpatialBranch
+
+_log = logging.getLogger(__name__)
 
 STAGE1_FILES = ("convh.pt", "enc.pt", "pc.pt")
 SPATIAL_FILE = "spa_fen.pt"
@@ -114,32 +117,35 @@ def save_spatial_branch(folder, branch: SpatialBranch, training: dict | None = N
     save_state(Path(folder) / SPATIAL_FILE, branch, config)
 
 
+def _payload_with(path: Path, key: str, what: str, channels: int, axis: int = 1) -> dict:
+    """The checkpoint at ``path``, checked to hold the 4-D weight ``key`` of a ``what`` checkpoint
+    for ``channels`` bands (read on ``axis``)."""
+    payload = read_checkpoint(path)
+    weight = payload["state_dict"].get(key)
+    if weight is None or weight.ndim != 4:
+        raise FersError(f"{path}: has no '{key}'; not a {what} checkpoint")
+    _check_channels(path, int(weight.shape[axis]), channels)
+    return payload
+
+
 def load_spatial_branch(folder, channels: int, map_location="cpu") -> SpatialBranch:
     """Rebuild the spatial branch from ``spa_fen.pt`` (strict)."""
     path = Path(folder) / SPATIAL_FILE
-    payload = read_checkpoint(path)
-    weight = payload["state_dict"].get("initial_conv.conv.weight")
-    if weight is None or weight.ndim != 4:
-        raise FersError(f"{path}: has no 'initial_conv.conv.weight'; not a spatial-branch checkpoint")
-    _check_channels(path, int(weight.shape[1]), channels)
+    payload = _payload_with(path, "initial_conv.conv.weight", "spatial-branch", channels)
     backbone = payload.get("config", {}).get("backbone", SPATIAL_BACKBONE)
     branch = SpatialBranch(channels, backbone)
     _load_strict(branch, payload, path)
     return branch.to(map_location).eval()
 
 
-def load_restoration(folder, channels: int, map_location="cpu", log=print) -> RestorationNetwork:
+def load_restoration(folder, channels: int, map_location="cpu", log=None) -> RestorationNetwork:
     """Rebuild the stage-2 restoration network from ``restoration.pt`` (strict). Files written before
     the channel attention lost the biases the reference does not have still load: those biases are
-    dropped with a note."""
+    dropped with a note (to ``log``, by default the ``fers`` logger)."""
     path = Path(folder) / RESTORATION_FILE
-    payload = read_checkpoint(path)
-    weight = payload["state_dict"].get("head.weight")
-    if weight is None or weight.ndim != 4:
-        raise FersError(f"{path}: has no 'head.weight'; not a restoration-network checkpoint")
-    _check_channels(path, int(weight.shape[1]), channels)
+    payload = _payload_with(path, "head.weight", "restoration-network", channels)
     network = RestorationNetwork(channels)
-    payload = {**payload, "state_dict": drop_legacy_attention_biases(payload["state_dict"], log, str(path))}
-    _load_strict(network, payload, path)
+    state = drop_legacy_attention_biases(payload["state_dict"], log or _log.info, str(path))
+    _load_strict(network, {**payload, "state_dict": state}, path)
     return network.to(map_location).eval()
 

@@ -60,7 +60,7 @@ class RestorationNetwork(nn.Module):
         return self.head(self.body(x))
 
 
-def drop_legacy_attention_biases(state: dict, log=print, source: str = "") -> dict:
+def drop_legacy_attention_biases(state: dict, log, source: str = "") -> dict:
     """``state`` without the channel-attention biases of older versions of this project (they are
     not part of the reference network); says so when it drops any."""
     dropped = [k for k in state if k.endswith(LEGACY_ATTENTION_BIAS_SUFFIXES) and ".fc." in k]

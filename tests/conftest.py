@@ -42,6 +42,20 @@ def assert_matches_published(actual: float, expected: float, scores, mask, measu
                                err_msg=what or measure)
 
 
+def call_main(module: str, function: str, argv: list, capsys) -> tuple[int, str, str]:
+    """Run a command's ``main(argv)`` in this process: ``(exit code, stdout, stderr)``."""
+    import importlib
+
+    main = getattr(importlib.import_module(module), function)
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv]) or 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def run_script(script, *args, cwd=None, timeout=600):
     """Run a repository script with this interpreter; returns the CompletedProcess."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")

@@ -51,7 +51,6 @@ limited with ``RLIMIT_FSIZE``, so every write beyond it fails with EFBIG.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import resource
@@ -66,7 +65,7 @@ import pytest
 import scipy.io
 import torch
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, call_main
 from fers.checkpoints import band_folder, save_fen, save_spatial_branch
 from fers.fen import FEN
 from fers.io import save_mask_png
@@ -425,14 +424,7 @@ def _files(root: Path) -> dict:
 
 def _call(command: str, argv: list, capsys) -> tuple[int, str, str]:
     _, module, function = ENTRIES[command]
-    main = getattr(importlib.import_module(module), function)
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv]) or 0
-    except SystemExit as exit_info:
-        code = exit_info.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return call_main(module, function, argv, capsys)
 
 
 def assert_clean_failure(code, out, err, fragments, before: dict, after: dict):

@@ -5,29 +5,19 @@ run, per-scene and summary results of detect.py, honest per-scene seconds."""
 from __future__ import annotations
 
 import csv
-import importlib
 import json
-import shutil
 
 import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
 
-from conftest import ABU_DIR, BACKGROUND_DIR, needs_abu, needs_background
+from conftest import ABU_DIR, BACKGROUND_DIR, call_main, needs_abu, needs_background
 from fers.errors import FersError
 from fers import io as fio
 
 
-def _call(module: str, function: str, argv: list, capsys) -> tuple[int, str, str]:
-    main = getattr(importlib.import_module(module), function)
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv]) or 0
-    except SystemExit as exit_info:
-        code = exit_info.code
-    out, err = capsys.readouterr()
-    return code, out, err
+_call = call_main
 
 
 @pytest.fixture(scope="module")
