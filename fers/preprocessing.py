@@ -176,6 +176,7 @@ def prepare_cube(cube: np.ndarray, channels: int, policy: str = "interp", name: 
     low = selected_low = math.inf
     high = selected_high = -math.inf
     description, policy_error = "", None
+    whole = None  # the selected bands when the cube is one chunk: not computed twice
     for start in range(0, cube.shape[0], rows):
         chunk = np.asarray(cube[start:start + rows])
         chunk_bad, chunk_nodata = invalid_pixels(chunk)
@@ -191,6 +192,7 @@ def prepare_cube(cube: np.ndarray, channels: int, policy: str = "interp", name: 
                 continue
             selected_low = min(selected_low, float(np.min(selected)))
             selected_high = max(selected_high, float(np.max(selected)))
+            whole = selected if rows >= cube.shape[0] else None
     raise_invalid(name, bad, nodata)
     if not high > low:
         raise FersError(f"{name}: the cube is constant (every value is {low:g}); "
@@ -201,7 +203,8 @@ def prepare_cube(cube: np.ndarray, channels: int, policy: str = "interp", name: 
         raise FersError(f"{name}: the selected {channels} bands are constant; nothing to detect")
     prepared = np.empty(cube.shape[:2] + (channels,), dtype=np.float32)
     for start in range(0, cube.shape[0], rows):
-        selected, _ = apply_band_policy(np.asarray(cube[start:start + rows]), channels, policy, name)
+        selected = whole if whole is not None else \
+            apply_band_policy(np.asarray(cube[start:start + rows]), channels, policy, name)[0]
         prepared[start:start + rows] = reference_scaling(selected, selected_low, selected_high)
     return prepared, description
 
