@@ -21,10 +21,10 @@ def prepare_abu(abu_dir, output, sensor: str = "aviris", overwrite: bool = False
     255). All or nothing. Returns one record per scene (name, shape, dtype, anomaly pixels)."""
     abu_dir = Path(abu_dir)
     if not abu_dir.is_dir():
-        raise FersError(f"{abu_dir}: ABU folder not found; pass --abu_dir (a folder of ABU .mat files)")
+        raise FersError(f"{abu_dir}: ABU folder not found; pass `abu_dir` (a folder of ABU .mat files)")
     mats = sorted(abu_dir.glob("*.mat"))
     if not mats:
-        raise FersError(f"{abu_dir}: no .mat files; pass --abu_dir the folder holding abu-*.mat")
+        raise FersError(f"{abu_dir}: no .mat files; pass `abu_dir` the folder holding abu-*.mat")
     records = []
     parts = [Path("test") / sensor, Path("ground_truth") / sensor]
     with staged_layout(output, parts, overwrite) as staging:

@@ -164,7 +164,7 @@ def find_local_weights(arch: str, weights: str | os.PathLike | None) -> Path | N
         if weights.is_file():
             return weights
         if not weights.is_dir():
-            raise FersError(f"{weights}: no such ImageNet weights file or folder (--backbone_weights)")
+            raise FersError(f"{weights}: no such ImageNet weights file or folder (`backbone_weights`)")
         folders.append(weights)
     if os.environ.get(WEIGHTS_DIR_ENV):
         folders.append(Path(os.environ[WEIGHTS_DIR_ENV]))
@@ -184,9 +184,9 @@ def load_imagenet_weights(model: ResNet, weights=None, pretrained: bool = True) 
     """
     arch = model.arch
     if not pretrained:
-        warnings.warn(f"{arch}: --no_pretrained: the backbone is RANDOMLY initialised, "
+        warnings.warn(f"{arch}: `no_pretrained`: the backbone is RANDOMLY initialised, "
                       "not ImageNet; results will not match the paper", stacklevel=2)
-        return "random (--no_pretrained)"
+        return "random (`no_pretrained`)"
     expected = imagenet_file_name(arch).rsplit("-", 1)[1].split(".")[0]
     local = find_local_weights(arch, weights)
     if local is not None:
@@ -202,8 +202,8 @@ def load_imagenet_weights(model: ResNet, weights=None, pretrained: bool = True) 
         except Exception as error:
             raise FersError(
                 f"cannot get the {arch} ImageNet weights ({error.__class__.__name__}); offline, download "
-                f"{IMAGENET_WEIGHTS[arch]} elsewhere and pass --backbone_weights FILE_OR_FOLDER "
-                f"(or set {WEIGHTS_DIR_ENV}); --no_pretrained trains from a random init instead") from None
+                f"{IMAGENET_WEIGHTS[arch]} elsewhere and pass `backbone_weights` FILE_OR_FOLDER "
+                f"(or set {WEIGHTS_DIR_ENV}); `no_pretrained` trains from a random init instead") from None
         source = IMAGENET_WEIGHTS[arch]
     own = model.state_dict()
     state = {k: v for k, v in state.items() if k in own}

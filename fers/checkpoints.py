@@ -71,8 +71,8 @@ def _load_strict(module: torch.nn.Module, payload: dict, path: Path) -> None:
 
 def _check_channels(path: Path, found: int, channels: int) -> None:
     if found != channels:
-        raise FersError(f"{path}: checkpoint is for {found} bands but --input_channel is {channels}; "
-                        f"use --input_channel {found} or the {channels}bands checkpoints")
+        raise FersError(f"{path}: checkpoint is for {found} bands but `channels` is {channels}; "
+                        f"use `channels` {found} or the {channels}bands checkpoints")
 
 
 def save_fen(folder, fen: FEN, training: dict | None = None) -> None:

@@ -226,7 +226,7 @@ def check_dataset(root, layout: str = "auto", sensor: str | None = None, cube_la
     else:
         if not (root / "test").is_dir() and not (root / "train").is_dir():
             raise FersError(f"{root}: no test/ or train/ folder; this is not a {layout.upper()} layout "
-                            "(use --layout auto)")
+                            "(let the layout be detected: auto)")
         checks = _paired_checks(root, sensor, cube_layout)
         if layout == "had100" and not (root / "test").is_dir():
             checks.append(SceneCheck("test", "-", str(root / "test"), None,
@@ -234,7 +234,7 @@ def check_dataset(root, layout: str = "auto", sensor: str | None = None, cube_la
     if not checks:
         where = sensor or "<sensor>"
         raise FersError(f"{root}: no scenes found (no *.mat, no test/{where}/*{CUBE_SUFFIX}, "
-                        f"no train/{where}/*{CUBE_SUFFIX}); check the path" + (" and --sensor" if sensor else ""))
+                        f"no train/{where}/*{CUBE_SUFFIX}); check the path" + (" and `sensor`" if sensor else ""))
     warnings = _band_warnings(checks)
     unlabelled = [check.name for check in checks if check.unlabelled]
     if unlabelled:

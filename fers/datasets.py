@@ -35,7 +35,7 @@ class Scene:
     layout: str = LAYOUT_CHECK
 
 
-def _require_folder(path: Path, what: str, flag: str = "--data_path") -> Path:
+def _require_folder(path: Path, what: str, flag: str = "`data_path`") -> Path:
     if not path.is_dir():
         raise FersError(f"{path}: {what} folder not found; check {flag}")
     return path
@@ -56,7 +56,7 @@ def paired_manifest(root, sensor: str | None, cube_suffix: str = ".npy", layout:
                 raise FersError(f"{cube_path}: no ground truth at {gt_path}; add it or remove the cube")
             scenes.append(Scene(cube_path.stem, cube_path, gt_path, name, "had100", layout))
     if not scenes:
-        raise FersError(f"{root}: no test scenes (*{cube_suffix} under test/{sensor or '<sensor>'}/); check --data_path")
+        raise FersError(f"{root}: no test scenes (*{cube_suffix} under test/{sensor or '<sensor>'}/); check `data_path`")
     return scenes
 
 
@@ -65,11 +65,11 @@ def had100_manifest(root, sensor: str = HAD100_SENSOR, layout: str = LAYOUT_CHEC
     root = Path(root)
     if root.is_file():
         raise FersError(f"{root}: a single file, not the HAD100 root; test.py evaluates the HAD100 test set "
-                        "(pass the folder holding test/ as --data_path); for one scene run detect.py "
+                        "(pass the folder holding test/ as `data_path`); for one scene run detect.py "
                         f"{root.name} --gt MASK, or FERS_ABU/test.py --data_path {root.name} for a .mat with its map")
     if not root.is_dir():
         raise FersError(f"{root}: HAD100 folder not found; download HAD100 (see README, 'Data') "
-                        "or pass --data_path")
+                        "or pass `data_path`")
     return paired_manifest(root, sensor, layout=layout)
 
 
@@ -82,18 +82,18 @@ def abu_manifest(root, sensor: str | None = None, layout: str = LAYOUT_CHECK) ->
     root = Path(root)
     if root.is_file():
         if root.suffix.lower() not in SCENE_FILE_SUFFIXES:
-            raise FersError(f"{root}: unknown scene file type '{root.suffix}'; --data_path takes a folder or "
+            raise FersError(f"{root}: unknown scene file type '{root.suffix}'; `data_path` takes a folder or "
                             f"one scene file ({', '.join(SCENE_FILE_SUFFIXES)})")
         return [Scene(root.stem, root, None, "file", layout=layout)]
     if not root.is_dir():
-        raise FersError(f"{root}: ABU folder not found; pass --data_path (a folder of .mat scenes, one "
+        raise FersError(f"{root}: ABU folder not found; pass `data_path` (a folder of .mat scenes, one "
                         ".mat scene file, or the FERS_ABU layout made by data/prepare_abu.py)")
     mats = sorted(root.glob("*.mat"))
     if mats:
         return [Scene(path.stem, path, None, "mat", layout=layout) for path in mats]
     if (root / "test").is_dir():
         return paired_manifest(root, sensor, layout=layout)
-    raise FersError(f"{root}: no scenes (no *.mat files and no test/<sensor>/*.npy); check --data_path")
+    raise FersError(f"{root}: no scenes (no *.mat files and no test/<sensor>/*.npy); check `data_path`")
 
 
 def load_scene(scene: Scene) -> tuple[np.ndarray, np.ndarray | None]:

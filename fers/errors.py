@@ -6,6 +6,7 @@ import functools
 import logging
 import re
 import sys
+import warnings
 
 EXIT_USAGE = 2
 
@@ -24,7 +25,7 @@ class ParameterError(FersError, ValueError):
 
 
 # Library parameters → the flag a command line shows, when it is not ``--<name>``.
-PARAMETER_FLAGS: dict[str, str] = {}
+PARAMETER_FLAGS: dict[str, str] = {"channels": "--input_channel", "layout": "--cube_layout"}
 _PARAMETER = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
 
@@ -65,12 +66,18 @@ def console_logging() -> None:
         logger.setLevel(logging.INFO)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as the commands print one: ``warning: <message>`` (parameters as flags)."""
+    _write(f"warning: {as_flags(str(message))}", sys.stderr)
+
+
 def cli_entry(main):
     """Wrap a command-line ``main(argv)`` so that user errors print one line and exit 2."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
         console_logging()
+        shown_before, warnings.showwarning = warnings.showwarning, _show_warning
         try:
             return main(argv)
         except FersError as error:
@@ -79,5 +86,7 @@ def cli_entry(main):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        finally:
+            warnings.showwarning = shown_before
 
     return wrapper

@@ -90,7 +90,7 @@ class Detector:
             raise ValueError(f"branches must be one of {detectors.BRANCHES}, got {branches!r}")
         folder = band_folder(checkpoint_dir, channels)
         if branches != "none" and not folder.is_dir():
-            raise FersError(f"{folder}: checkpoint folder not found; --checkpoint_dir is the parent of "
+            raise FersError(f"{folder}: checkpoint folder not found; `checkpoint_dir` is the parent of "
                             f"'{channels}bands/' (train the model or put the released files there)")
         fen = load_fen(folder, channels) if branches in ("both", "spectral") else None
         spatial = load_spatial_branch(folder, channels) if branches in ("both", "spatial") else None
@@ -267,8 +267,8 @@ def evaluate(detector: Detector, scenes: list[Scene], band_policy: str = "interp
     labelled = [mask is not None for mask in masks]
     if detect == "AE" and ae_select == "oracle" and not all(labelled):
         unlabelled = scenes[labelled.index(False)].cube_path
-        raise FersError(f"{unlabelled}: --ae_select oracle picks the step by ground-truth AUC, and this scene has "
-                        "no ground truth; use --ae_select last or min_loss")
+        raise FersError(f"{unlabelled}: `ae_select` oracle picks the step by ground-truth AUC, and this scene has "
+                        "no ground truth; use `ae_select` last or min_loss")
     masks = [mask if mask is not None else np.zeros(cube.shape[:2], bool) for mask, cube in zip(masks, cubes)]
     scores: list = [None] * len(scenes)
     seconds = [0.0] * len(scenes)

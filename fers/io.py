@@ -181,7 +181,7 @@ def orient_cube(cube: np.ndarray, layout: str, path, gt_shapes=()) -> tuple[np.n
     path = Path(path)
     if path.suffix.lower() == ".hdr":  # the ENVI header states the interleave; spectral applies it
         if layout == "bhw":
-            raise FersError(f"{path}: an ENVI header states its own layout (interleave); drop --cube_layout bhw")
+            raise FersError(f"{path}: an ENVI header states its own layout (interleave); drop `layout` bhw")
         return cube, "hwb"
     bands_first = layout == "bhw" or (layout in ("auto", LAYOUT_CHECK) and looks_bands_first(cube.shape, gt_shapes))
     if bands_first and layout == LAYOUT_CHECK:
@@ -191,8 +191,8 @@ def orient_cube(cube: np.ndarray, layout: str, path, gt_shapes=()) -> tuple[np.n
                   else "its last two axes are equal and the first differs")
         raise FersError(f"{path}: the cube {d0}×{d1}×{d2} looks bands-first, (bands, rows, cols) ({reason}); "
                         f"FERS reads (rows, cols, bands). For a {d1}×{d2} scene with {d0} bands pass "
-                        f"--cube_layout bhw (or auto); if it really is {d0}×{d1} with {d2} bands pass "
-                        "--cube_layout hwb")
+                        f"`layout` bhw (or auto); if it really is {d0}×{d1} with {d2} bands pass "
+                        "`layout` hwb")
     if bands_first:
         return np.transpose(cube, (1, 2, 0)), "bhw"
     return cube, "hwb"
@@ -258,7 +258,7 @@ def _embedded_mask(path: Path, planes: dict, shape: tuple, key: str | None):
     """The ground truth stored beside the cube: a 2-D array of exactly ``shape``, or None."""
     if key is not None:
         if key not in planes:
-            raise FersError(f"{path}: no 2-D variable '{key}' (--gt_key; 2-D variables: "
+            raise FersError(f"{path}: no 2-D variable '{key}' (`gt_key`; 2-D variables: "
                             f"{', '.join(f'{k} {tuple(np.shape(v))}' for k, v in sorted(planes.items())) or 'none'})")
         value = planes[key]
         if value.shape != tuple(shape):
@@ -273,7 +273,7 @@ def _embedded_mask(path: Path, planes: dict, shape: tuple, key: str | None):
         return _mask_values(path, next(iter(fitting.values())))
     if fitting:
         raise FersError(f"{path}: several 2-D variables of the scene's size {shape[0]}×{shape[1]} "
-                        f"({', '.join(sorted(fitting))}); name the ground truth with --gt_key, or --gt none")
+                        f"({', '.join(sorted(fitting))}); name the ground truth with `gt_key`, or `gt` none")
     for name in PREFERRED_MASK_KEYS:  # named as a ground truth but of another size: a broken file
         if name in planes:
             value = planes[name]

@@ -158,7 +158,7 @@ class OutputFolder:
     ...     write_json(out / "results.json", {...})
     """
 
-    def __init__(self, save_dir, flag: str = "--save_dir", what: str = "the results"):
+    def __init__(self, save_dir, flag: str = "`save_dir`", what: str = "the results"):
         self.save_dir = Path(save_dir)
         self.flag = flag  # the option that chooses this folder, named in error messages
         self.what = what
@@ -199,7 +199,7 @@ class OutputFolder:
         return write_error(self.save_dir, error, self.flag, self.what)
 
 
-def ensure_writable_dir(path, flag: str = "--save_dir") -> Path:
+def ensure_writable_dir(path, flag: str = "`save_dir`") -> Path:
     """Create ``path`` if needed and check that files can be written there."""
     path = Path(path)
     try:
@@ -211,7 +211,7 @@ def ensure_writable_dir(path, flag: str = "--save_dir") -> Path:
     return path
 
 
-def check_writable_dir(path, flag: str = "--save_dir") -> Path:
+def check_writable_dir(path, flag: str = "`save_dir`") -> Path:
     """Check up front that ``path`` can be created and written, leaving nothing behind: folders
     created for the check are removed again (the results are written later by :class:`OutputFolder`,
     so a run that fails in between leaves no empty results folder)."""
@@ -228,7 +228,7 @@ def check_writable_dir(path, flag: str = "--save_dir") -> Path:
 
 
 @contextlib.contextmanager
-def staged_layout(root, parts, overwrite: bool = False, flag: str = "--output"):
+def staged_layout(root, parts, overwrite: bool = False, flag: str = "`output`"):
     """All-or-nothing writing of dataset folders.
 
     Yields a hidden staging folder inside ``root``; the caller writes ``staging/<part>/...`` for each
@@ -240,7 +240,7 @@ def staged_layout(root, parts, overwrite: bool = False, flag: str = "--output"):
     parts = [Path(part) for part in parts]
     existing = [root / part for part in parts if (root / part).exists()]
     if existing and not overwrite:
-        raise FersError(f"{existing[0]}: already exists; choose an empty {flag} or pass --overwrite")
+        raise FersError(f"{existing[0]}: already exists; choose an empty {flag} or pass `overwrite`")
     try:
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))

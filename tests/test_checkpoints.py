@@ -90,9 +90,9 @@ def test_small_backbone_is_recorded_and_rebuilt(tmp_path):
 def test_wrong_band_count_names_both_counts(tmp_path):
     save_fen(tmp_path, FEN(100))
     save_spatial_branch(tmp_path, SpatialBranch(100))
-    with pytest.raises(FersError, match=r"100 bands but --input_channel is 50"):
+    with pytest.raises(FersError, match=r"100 bands but `channels` is 50"):
         load_fen(tmp_path, 50)
-    with pytest.raises(FersError, match=r"100 bands but --input_channel is 200"):
+    with pytest.raises(FersError, match=r"100 bands but `channels` is 200"):
         load_spatial_branch(tmp_path, 200)
 
 
@@ -135,7 +135,7 @@ def test_no_download_and_no_file_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.delenv(backbones.WEIGHTS_DIR_ENV, raising=False)
     monkeypatch.setitem(backbones.IMAGENET_WEIGHTS, "resnet18", "http://127.0.0.1:9/resnet18-f37072fd.pth")
-    with pytest.raises(FersError, match="--backbone_weights"):
+    with pytest.raises(FersError, match="`backbone_weights`"):
         backbones.load_imagenet_weights(backbones.ResNet("resnet18", stages=1))
     with pytest.warns(UserWarning, match="RANDOMLY initialised"):
         assert backbones.load_imagenet_weights(backbones.ResNet("resnet18", stages=1), pretrained=False).startswith("random")

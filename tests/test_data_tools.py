@@ -71,7 +71,7 @@ def test_prepare_abu_is_all_or_nothing(tmp_path):
     assert list(output.iterdir()) == []
     (source / "b.mat").unlink()
     data_tools.prepare_abu(source, output)
-    with pytest.raises(FersError, match="already exists; choose an empty --output or pass --overwrite"):
+    with pytest.raises(FersError, match="already exists; choose an empty `output` or pass `overwrite`"):
         data_tools.prepare_abu(source, output)
     data_tools.prepare_abu(source, output, overwrite=True)
     assert [p.name for p in (output / "test" / "aviris").iterdir()] == ["a.npy"]

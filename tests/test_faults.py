@@ -128,7 +128,7 @@ def test_failed_export_keeps_the_previous_checkpoints(tmp_path, monkeypatch):
         real_save(path, module, config)
 
     monkeypatch.setattr(checkpoints, "save_state", save_state_then_fail)
-    with pytest.raises(FersError, match=r"8bands: cannot write the checkpoints \(No space left on device\); free disk space or choose another --checkpoint_dir"):
+    with pytest.raises(FersError, match=r"8bands: cannot write the checkpoints \(No space left on device\); free disk space or choose another `checkpoint_dir`"):
         stage.export(tmp_path, {"epoch": 1})
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before  # no mix, no leftovers
 

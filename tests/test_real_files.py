@@ -81,7 +81,7 @@ def test_several_candidate_ground_truths_need_gt_key(tmp_path):
     scipy.io.savemat(tmp_path / "two.mat", {"data": cube, "targets": mask.astype(np.uint8),
                                             "shadows": np.eye(24, 20)})
     with pytest.raises(FersError, match=r"two.mat: several 2-D variables of the scene's size 24×20 "
-                                        r"\(shadows, targets\); name the ground truth with --gt_key"):
+                                        r"\(shadows, targets\); name the ground truth with `gt_key`"):
         fio.read_scene(tmp_path / "two.mat")
     np.testing.assert_array_equal(fio.read_scene(tmp_path / "two.mat", gt_key="targets").mask, mask)
     with pytest.raises(FersError, match="no 2-D variable 'nothing'"):
@@ -199,7 +199,7 @@ def test_bands_first_heuristic():
 def test_bands_first_cube_is_refused_or_transposed(tmp_path):
     cube, mask = _scene(20, 20, 12)
     np.save(tmp_path / "bhw.npy", np.transpose(cube, (2, 0, 1)))
-    with pytest.raises(FersError, match=r"bhw.npy: the cube 12×20×20 looks bands-first.*--cube_layout bhw"):
+    with pytest.raises(FersError, match=r"bhw.npy: the cube 12×20×20 looks bands-first.*`layout` bhw"):
         fio.load_cube(tmp_path / "bhw.npy", layout="check")
     for layout in ("bhw", "auto"):
         np.testing.assert_array_equal(fio.load_cube(tmp_path / "bhw.npy", layout=layout), cube)

@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from conftest import REPO_ROOT
 from fers.cli.common import ConsoleHandler, as_flags
 from fers.cli.train import main_parser, stage_parser
-from fers.errors import FersError, ParameterError
+from fers.errors import FersError, ParameterError, _show_warning, cli_entry
 from fers.training import SELECTIONS, TrainConfig, TrainingOptions, fit, train
 from fers.training_data import load_training_data
 
@@ -56,6 +57,24 @@ def test_library_errors_name_parameters_and_the_cli_shows_flags(tmp_path):
     assert as_flags(str(error.value)).startswith("--img_size 30: must be a positive multiple of 8")
     with pytest.raises(FersError, match="check `data_path`"):
         load_training_data(tmp_path, 8, img_size=32)
+
+
+def test_commands_show_flags_where_the_library_names_parameters(capsys):
+    """Library messages name parameters; a command shows its flags, in errors and warnings alike,
+    including where the flag is not ``--<parameter>`` (``channels`` is ``--input_channel``)."""
+
+    @cli_entry
+    def command(argv=None):
+        warnings.warn("resnet18: `no_pretrained`: the backbone is randomly initialised")
+        raise FersError("convh.pt: checkpoint is for 40 bands but `channels` is 50; pass `layout` bhw")
+
+    with pytest.raises(SystemExit) as exit_:
+        command([])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err == ("warning: resnet18: --no_pretrained: the backbone is randomly initialised\n"
+                   "error: convh.pt: checkpoint is for 40 bands but --input_channel is 50; pass --cube_layout bhw\n")
+    assert warnings.showwarning is not _show_warning  # the command's warning display ends with it
 
 
 def test_console_handler_prints_as_the_commands_did(capsys):

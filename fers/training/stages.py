@@ -151,7 +151,7 @@ class Stage1:
         records how the FEN was trained."""
         folder = band_folder(checkpoint_dir, self.channels)
         # the export's error names the flag itself (pinned by tests/test_faults.py)
-        with OutputFolder(folder, "--checkpoint_dir", "the checkpoints") as staging:
+        with OutputFolder(folder, "`checkpoint_dir`", "the checkpoints") as staging:
             save_fen(staging, self.net.fen, training_info)
         return folder
 
@@ -247,7 +247,7 @@ class Stage2:
     def export(self, checkpoint_dir, training_info: dict) -> Path:
         folder = band_folder(checkpoint_dir, self.channels)
         # the export's error names the flag itself (pinned by tests/test_faults.py)
-        with OutputFolder(folder, "--checkpoint_dir", "the checkpoints") as staging:
+        with OutputFolder(folder, "`checkpoint_dir`", "the checkpoints") as staging:
             save_spatial_branch(staging, self.spatial, training_info)
             save_state(staging / RESTORATION_FILE, self.student.restoration,
                        {"channels": self.channels, "training": training_info})
