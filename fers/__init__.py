@@ -9,7 +9,7 @@ The public API (cubes are NumPy arrays ``(rows, cols, bands)``)::
     detector = fers.Detector.from_checkpoints("checkpoints", channels=200, branches="both")
     scores = detector.detect(cube)                # (rows, cols) anomaly map of a scene of any size
     scores = detector.detect(cube, band_policy="wavelength", wavelengths=fers.load_wavelengths("scene.hdr"))
-    bands, mapping = fers.select_bands(cube, 200, "std")  # the C bands of highest variance, and how
+    bands, mapping = fers.select_bands(cube, 50, "std")   # the 50 bands of highest variance, and how
     fers.metrics.auc(scores, mask)                # AUC, Chang's 3D-ROC measures (fers.metrics)
     fers.train(fers.TrainConfig(stage="all", input_channel=50, data_path="data/HAD100Dataset"))
 

@@ -14,21 +14,13 @@ import scipy.io
 from PIL import Image
 
 import fers
-from conftest import ABU_DIR, BACKGROUND_DIR, REFERENCE_DIR, assert_matches_published, call_main, needs_abu, \
-    needs_background
+from conftest import ABU_DIR, BACKGROUND_DIR, REFERENCE_DIR, assert_matches_published, error_line, needs_abu, \
+    needs_background, run_detect
 from fers.bands import ENTROPY_BINS, band_mapping, band_statistic, select_bands, wavelength_blend
 from fers.errors import FersError
 
 
-def _detect(argv, capsys):
-    return call_main("fers.cli.detect", "main", [*argv, "--no_progress", "--device", "cpu"], capsys)
-
-
-def _error_line(code, err):
-    assert code == 2 and "Traceback" not in err, (code, err)
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
+_detect, _error_line = run_detect, error_line
 
 
 def _pixels(cube):

@@ -49,7 +49,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_channels: int, 
                             help="auto = reference rule: product of branch maps for <=50 bands, sum above")
         parser.add_argument("--rx_precision", choices=detectors.RX_PRECISIONS, default="reference",
                             help="reference = float32 pinv path for <=50 bands and float64 above (reproduces the "
-                                 "paper); float64 = numerically sound everywhere; float32 = float32 everywhere")
+                                 "paper; plain RX without a branch: float64); float64 = numerically sound "
+                                 "everywhere; float32 = float32 everywhere")
     parser.add_argument("--band_policy", choices=band_policies, default="interp",
                         help="how the scene's bands become the model's C: "
                              + "; ".join(f"{name} = {BAND_POLICY_HELP[name]}" for name in band_policies)
