@@ -332,7 +332,8 @@ def _sensor_notes(bands, channels, policy, wavelengths, model_wavelengths) -> li
     notes = []
     if bands != channels:
         notes.append(f"the scene has {bands} bands and the model takes {channels}: another sensor or band set than "
-                     f"the model's, mapped by `band_policy` {policy}; scores can differ from those on the model's own data")
+                     f"the model's, mapped by `band_policy` {policy}; scores can differ from those on the model's "
+                     "own data")
     if wavelengths is not None and model_wavelengths is not None:
         if bands == channels:
             offset = float(np.max(np.abs(wavelengths - model_wavelengths)))

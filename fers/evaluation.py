@@ -92,7 +92,7 @@ class Detector:
         self.fusion = detectors.resolve_fusion(fusion, channels) if fen is not None and spatial is not None else "none"
         self.rx_precision = detectors.resolve_rx_precision(rx_precision, channels)
         if rx_precision == "reference" and fen is None and spatial is None:
-            self.rx_precision = "float64"  # the reference's float32 RX belongs to its 50-band fusion; plain RX is float64
+            self.rx_precision = "float64"  # the reference's float32 RX is its 50-band fusion's; plain RX: float64
 
     @classmethod
     def from_checkpoints(cls, checkpoint_dir, channels: int, branches: str = "both", **options):

@@ -85,6 +85,19 @@ def _ground_truth_arg(args):
     return args.gt
 
 
+def _scene_wavelengths(args, path: Path):
+    """The scene's band centres (nm): ``--wavelengths``, else those its file carries; a file whose own
+    vector cannot be read stops only ``--band_policy wavelength``."""
+    if args.wavelengths:
+        return load_wavelengths(args.wavelengths)
+    try:
+        return load_wavelengths(path)
+    except FersError:
+        if args.band_policy == "wavelength":
+            raise
+        return None
+
+
 @cli_entry
 def main(argv=None):
     parser = build_parser()
@@ -111,7 +124,7 @@ def main(argv=None):
                         f"{path.name} is {cube.shape[0]}×{cube.shape[1]}; they must match")
     name = path.stem
     started = time.perf_counter()
-    wavelengths = load_wavelengths(args.wavelengths or path)
+    wavelengths = _scene_wavelengths(args, path)
     mapping = detector.band_mapping(cube, args.band_policy, wavelengths, str(path))
     prepared, bands = prepare_scene(cube, args.input_channel, args.band_policy, str(path), mapping=mapping,
                                     dtype=detector.rx_input_dtype(background))
