@@ -8,6 +8,8 @@ The public API (cubes are NumPy arrays ``(rows, cols, bands)``)::
     rx_map = fers.rx_scores(cube)                 # global (or local) RX, like spectral.rx
     detector = fers.Detector.from_checkpoints("checkpoints", channels=200, branches="both")
     scores = detector.detect(cube)                # (rows, cols) anomaly map of a scene of any size
+    scores = detector.detect(cube, band_policy="wavelength", wavelengths=fers.load_wavelengths("scene.hdr"))
+    bands, mapping = fers.select_bands(cube, 50, "std")   # the 50 bands of highest variance, and how
     fers.metrics.auc(scores, mask)                # AUC, Chang's 3D-ROC measures (fers.metrics)
     fers.train(fers.TrainConfig(stage="all", input_channel=50, data_path="data/HAD100Dataset"))
 
@@ -15,6 +17,10 @@ The public API (cubes are NumPy arrays ``(rows, cols, bands)``)::
   ``Detector.score(batch)`` is the tensor-level call on normalised ``(N, C, H, W)`` cubes.
 - ``rx_scores(cube, background="global" | "local")``: training-free RX of a cube or of pixels.
 - ``prepare_cube(cube, channels)``: the network input (band policy and the reference scaling).
+- ``select_bands(cube, channels, policy)``, ``band_mapping(...)``: the band policies (``first``,
+  ``interp``, ``error``, ``std``, ``entropy``, ``low_correlation``, ``wavelength``) as pure
+  functions: the chosen or resampled bands and a record of how (``fers.bands``).
+- ``load_wavelengths(path)``: the band centres (nm) a scene or a wavelength file carries.
 - ``load_cube``, ``load_mask``: the readers the commands use.
 - ``metrics``: per-scene AUC and the 3D-ROC measures; ``tie_sensitivity`` gives their noise.
 - ``train``, ``TrainConfig``: stage 1, stage 2 or both, as ``train.py`` does.
@@ -33,6 +39,9 @@ _API = {
     "Detector": ("fers.evaluation", "Detector"),
     "rx_scores": ("fers.scene_detection", "rx_map"),
     "prepare_cube": ("fers.preprocessing", "prepare_cube"),
+    "select_bands": ("fers.bands", "select_bands"),
+    "band_mapping": ("fers.bands", "band_mapping"),
+    "load_wavelengths": ("fers.io", "load_wavelengths"),
     "load_cube": ("fers.io", "load_cube"),
     "load_mask": ("fers.io", "load_mask"),
     "metrics": ("fers.metrics", None),

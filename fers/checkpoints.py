@@ -2,8 +2,9 @@
 
 ``<checkpoint_dir>/<C>bands/`` holds ``convh.pt``, ``enc.pt`` and ``pc.pt`` (the FEN, stage 1)
 and ``spa_fen.pt`` (the spatial branch, stage 2); each file is ``{'state_dict': ...}`` with the
-key names of the reference. Our files add a ``config`` entry (channels, backbone); the
-reference loaders ignore it, and a file without it means the reference architecture.
+key names of the reference. Our files add a ``config`` entry (channels, backbone and, when known,
+``wavelengths``: the band centres in nm of the C bands the model was trained on); the reference
+loaders ignore it, and a file without it means the reference architecture (wavelengths unknown).
 Files are written atomically (temporary file, then rename).
 """
 
@@ -75,12 +76,24 @@ def _check_channels(path: Path, found: int, channels: int) -> None:
                         f"use `channels` {found} or the {channels}bands checkpoints")
 
 
-def save_fen(folder, fen: FEN, training: dict | None = None) -> None:
+def model_config(channels: int, backbone: str | None = None, training: dict | None = None,
+                 wavelengths=None) -> dict:
+    """The ``config`` entry of our checkpoint files (keys with a value only)."""
+    config = {"channels": channels, "backbone": backbone, "training": training,
+              "wavelengths": None if wavelengths is None else [float(v) for v in wavelengths]}
+    return {key: value for key, value in config.items() if value is not None}
+
+
+def recorded_wavelengths(payload: dict) -> list | None:
+    """The training band centres (nm) a checkpoint's config records, or None."""
+    values = payload.get("config", {}).get("wavelengths")
+    return [float(v) for v in values] if values is not None else None
+
+
+def save_fen(folder, fen: FEN, training: dict | None = None, wavelengths=None) -> None:
     """Write ``convh.pt``, ``enc.pt`` and ``pc.pt`` for a trained FEN; ``training`` (how it was
-    trained and selected) is recorded in each file's config."""
-    config = {"channels": fen.channels, "backbone": fen.backbone}
-    if training is not None:
-        config["training"] = training
+    trained and selected) and ``wavelengths`` (its C band centres, nm) go into each file's config."""
+    config = model_config(fen.channels, fen.backbone, training, wavelengths)
     folder = Path(folder)
     save_state(folder / "convh.pt", fen.convh, config)
     save_state(folder / "enc.pt", fen.encoder, config)
@@ -106,14 +119,13 @@ def load_fen(folder, channels: int, map_location="cpu") -> FEN:
     _load_strict(fen.convh, payloads["convh.pt"], folder / "convh.pt")
     _load_strict(fen.encoder, payloads["enc.pt"], folder / "enc.pt")
     _load_strict(fen.classifier, payloads["pc.pt"], folder / "pc.pt")
+    fen.wavelengths = recorded_wavelengths(payloads["enc.pt"])
     return fen.to(map_location).eval()
 
 
-def save_spatial_branch(folder, branch: SpatialBranch, training: dict | None = None) -> None:
-    """Write ``spa_fen.pt``; ``training`` is recorded in its config."""
-    config = {"channels": branch.channels, "backbone": branch.backbone}
-    if training is not None:
-        config["training"] = training
+def save_spatial_branch(folder, branch: SpatialBranch, training: dict | None = None, wavelengths=None) -> None:
+    """Write ``spa_fen.pt``; ``training`` and ``wavelengths`` are recorded in its config."""
+    config = model_config(branch.channels, branch.backbone, training, wavelengths)
     save_state(Path(folder) / SPATIAL_FILE, branch, config)
 
 
@@ -135,6 +147,7 @@ def load_spatial_branch(folder, channels: int, map_location="cpu") -> SpatialBra
     backbone = payload.get("config", {}).get("backbone", SPATIAL_BACKBONE)
     branch = SpatialBranch(channels, backbone)
     _load_strict(branch, payload, path)
+    branch.wavelengths = recorded_wavelengths(payload)
     return branch.to(map_location).eval()
 
 

@@ -69,10 +69,19 @@ class Detector:
     ``fen`` and/or ``spatial`` may be None: with neither, the detector is plain global RX.
     ``network_chunk``/``pipeline_chunk``: scenes per forward pass / per pass through the whole
     pipeline, by device type (defaults ``NETWORK_CHUNK``, ``PIPELINE_CHUNK``).
+    ``model_wavelengths``: the C band centres (nm) the networks were trained on (default: those
+    their checkpoints record, else unknown), for ``band_policy="wavelength"``.
     """
 
     def __init__(self, channels: int, fen=None, spatial=None, device="cpu", fusion="auto",
-                 rx_precision="reference", network_chunk: dict | None = None, pipeline_chunk: dict | None = None):
+                 rx_precision="reference", network_chunk: dict | None = None, pipeline_chunk: dict | None = None,
+                 model_wavelengths=None):
+        recorded = {tuple(m.wavelengths) for m in (fen, spatial) if getattr(m, "wavelengths", None) is not None}
+        if model_wavelengths is None and len(recorded) > 1:
+            raise FersError("the spectral and spatial checkpoints record different training wavelengths; train "
+                            "stage 2 on this stage 1, or pass `model_wavelengths`")
+        self.model_wavelengths = (list(map(float, model_wavelengths)) if model_wavelengths is not None
+                                  else list(recorded.pop()) if recorded else None)
         self.network_chunk = _copy.deepcopy(NETWORK_CHUNK if network_chunk is None else network_chunk)
         self.pipeline_chunk = dict(PIPELINE_CHUNK if pipeline_chunk is None else pipeline_chunk)
         self.channels = channels
@@ -82,6 +91,8 @@ class Detector:
         # Fusion only applies when both branches are present; recorded as "none" otherwise.
         self.fusion = detectors.resolve_fusion(fusion, channels) if fen is not None and spatial is not None else "none"
         self.rx_precision = detectors.resolve_rx_precision(rx_precision, channels)
+        if rx_precision == "reference" and fen is None and spatial is None:
+            self.rx_precision = "float64"  # the reference's float32 RX is its 50-band fusion's; plain RX: float64
 
     @classmethod
     def from_checkpoints(cls, checkpoint_dir, channels: int, branches: str = "both", **options):
@@ -158,19 +169,48 @@ class Detector:
             maps.append(detectors.fused_scores(part, spectral, spatial, self.fusion, self.rx_precision))
         return torch.cat(maps) if len(maps) != 1 else maps[0]
 
+    def default_background(self) -> str:
+        """``global`` for plain RX (no branch: RX means global RX, as ``spectral.rx``), else ``tile``."""
+        return "global" if self.branches == "none" else "tile"
+
     def detect(self, cube: np.ndarray, band_policy: str = "interp", tile: int = 64, overlap: int = 16,
-               background: str = "tile", batch_size: int = 16, progress: bool = False,
-               name: str = "cube") -> np.ndarray:
+               background: str | None = None, batch_size: int = 16, progress: bool = False,
+               name: str = "cube", wavelengths=None) -> np.ndarray:
         """Anomaly map ``(H, W)`` float64 of a raw cube ``(H, W, B)`` of any size, as ``detect.py``
-        computes it: validation, ``band_policy`` to this detector's C bands and the reference
-        scaling (:func:`fers.preprocessing.prepare_cube`), then overlapping ``tile``×``tile`` tiles
-        blended without seams, with the RX background per tile or ``"global"``
-        (:func:`fers.scene_detection.detect_scene`). A scene no larger than one tile gives exactly
-        :meth:`score` of the whole scene (the map of ``FERS_ABU/test.py``)."""
+        computes it: validation, ``band_policy`` to this detector's C bands (any of
+        :data:`fers.bands.BAND_POLICIES`; ``wavelengths``: the scene's band centres in nm, for
+        ``wavelength`` and to flag another sensor) and the reference scaling
+        (:func:`fers.preprocessing.prepare_cube`), then overlapping ``tile``×``tile`` tiles blended
+        without seams, with the RX background per tile or ``"global"``
+        (:func:`fers.scene_detection.detect_scene`; default :meth:`default_background`). A scene no
+        larger than one tile gives exactly :meth:`score` of the whole scene (the map of
+        ``FERS_ABU/test.py``). The band mapping is logged (``fers`` logger; a scene that is not the
+        model's band set as a warning); :func:`fers.band_mapping` returns it."""
         from .scene_detection import detect_scene
 
-        prepared, _ = prepare_cube(cube, self.channels, band_policy, name)
+        background = background or self.default_background()
+        mapping = self.band_mapping(cube, band_policy, wavelengths, name)
+        prepared, _ = prepare_cube(cube, self.channels, band_policy, name, mapping=mapping,
+                                   dtype=self.rx_input_dtype(background))
         return detect_scene(self, prepared, tile, overlap, background, batch_size, progress)
+
+    def band_mapping(self, cube: np.ndarray, band_policy: str = "interp", wavelengths=None, name: str = "cube"):
+        """:func:`fers.bands.band_mapping` of a raw cube to this detector's bands (to its training band
+        centres for ``wavelength``), logged on the ``fers`` logger: the description, and as a warning
+        why the scene is not the model's band set (not for plain RX, which has no model)."""
+        from .bands import band_mapping
+
+        mapping = band_mapping(cube, self.channels, band_policy, wavelengths, self.model_wavelengths, name,
+                               compare_to_model=self.branches != "none")
+        _log.debug(f"{name}: {mapping.description}")
+        if mapping.warning:
+            _log.warning(f"{name}: {mapping.warning}")
+        return mapping
+
+    def rx_input_dtype(self, background: str):
+        """float64 for plain global RX (its scores then equal a float64 RX of the raw bands to
+        rounding), float32 (the networks' input) otherwise."""
+        return np.float64 if self.branches == "none" and background == "global" else np.float32
 
     def enhanced(self, cubes: torch.Tensor) -> torch.Tensor:
         """The cube plus all branch features: the input of the autoencoder detector."""

@@ -354,3 +354,101 @@ def sha256_file(path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- band centres
+
+WAVELENGTH_KEYS = ("wavelengths", "wavelength")
+WAVELENGTH_SUFFIXES = (".txt", ".csv", ".json", ".hdr", ".npy", ".mat", ".npz")
+MICROMETRE_UNITS = ("micrometers", "micrometer", "micrometres", "micrometre", "microns", "micron", "um", "µm")
+# Band centres all below this are micrometres: no optical sensor has a band centre under 100 nm.
+MICROMETRE_LIMIT = 100.0
+
+
+def in_nanometres(values, units: str | None = None) -> np.ndarray:
+    """Band centres in nm: ``units`` micrometres (ENVI's ``wavelength units``) or, when no unit is
+    stated, every value below :data:`MICROMETRE_LIMIT`, are multiplied by 1000."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    stated = (units or "").strip().lower()
+    if stated in MICROMETRE_UNITS or (stated in ("", "unknown") and len(values)
+                                       and np.nanmax(values) < MICROMETRE_LIMIT):
+        return values * 1000.0
+    return values
+
+
+def load_wavelengths(path, key: str | None = None) -> np.ndarray | None:
+    """The band centres (nm, :func:`in_nanometres`) a file carries, or None when it carries none.
+
+    - a scene: ENVI ``.hdr`` (``wavelength`` with ``wavelength units``), ``.mat``/``.npz`` (the
+      vector ``key``, else ``wavelengths`` or ``wavelength``), ``.npy`` (a cube: none);
+    - a list of band centres: ``.txt``/``.csv`` (numbers separated by commas or white space, ``#``
+      comments), ``.json`` (a list, or ``{"wavelengths": [...]}``), ``.npy`` (a 1-D array).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FersError(f"{path}: no such wavelength file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".hdr":
+            return _envi_wavelengths(path)
+        if suffix == ".npy":
+            array = _read_npy(path, mmap=True)
+            return in_nanometres(array) if array.ndim == 1 else None
+        if suffix in (".mat", ".npz"):
+            return _stored_wavelengths(path, key)
+        if suffix == ".json":
+            import json
+
+            payload = json.loads(path.read_text())
+            values = payload.get("wavelengths", payload.get("wavelength")) if isinstance(payload, dict) else payload
+            return in_nanometres(values, payload.get("units") if isinstance(payload, dict) else None)
+        if suffix in (".txt", ".csv"):
+            import re
+
+            text = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())
+            values = [float(v) for v in re.split(r"[,;\s]+", text) if v]
+            if not values:
+                raise ValueError("no numbers in the file")
+            return in_nanometres(values)
+    except FersError:
+        raise
+    except (ValueError, TypeError, OSError) as error:
+        raise FersError(f"{path}: cannot read band centres ({error}); write one number per band (nm), "
+                        "separated by commas or new lines") from None
+    raise FersError(f"{path}: unknown wavelength file type '{path.suffix}'; use one of "
+                    f"{', '.join(WAVELENGTH_SUFFIXES)}")
+
+
+def _envi_wavelengths(path: Path):
+    try:
+        from spectral.io.envi import read_envi_header
+    except ImportError:
+        raise FersError(f"{path}: ENVI files need the optional 'spectral' package: pip install spectral") from None
+    header = read_envi_header(str(path))
+    if "wavelength" not in header:
+        return None
+    return in_nanometres([float(v) for v in header["wavelength"]], header.get("wavelength units"))
+
+
+def _stored_wavelengths(path: Path, key: str | None):
+    """The wavelength vector of a ``.mat``/``.npz`` without reading its cube."""
+    names = (key,) if key else WAVELENGTH_KEYS
+    if path.suffix.lower() == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            found = [archive[name] for name in names if name in archive.files]
+    else:
+        import scipy.io
+
+        try:
+            contents = scipy.io.loadmat(str(path), variable_names=list(names))
+            found = [contents[name] for name in names if name in contents]
+        except NotImplementedError:  # MATLAB v7.3 (HDF5)
+            import h5py
+
+            with h5py.File(path, "r") as handle:
+                found = [np.asarray(handle[name][()]) for name in names if name in handle]
+    if not found:
+        if key:
+            raise FersError(f"{path}: no variable '{key}' holding band centres")
+        return None
+    return in_nanometres(found[0])

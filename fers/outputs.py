@@ -95,13 +95,14 @@ def save_npy(path, array) -> None:
 
 def write_csv(path, rows: list, extra_rows: list = ()) -> None:
     """``rows`` (dicts) and then ``extra_rows`` (e.g. a mean row) as CSV; the columns are every key
-    in order of first appearance, missing cells empty."""
+    in order of first appearance, missing cells empty, a dict or list cell as JSON."""
     columns = list(dict.fromkeys(key for row in (*rows, *extra_rows) for key in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
-    writer.writerows(rows)
-    writer.writerows(extra_rows)
+    for row in (*rows, *extra_rows):
+        writer.writerow({key: json.dumps(value, default=_json_default) if isinstance(value, (dict, list)) else value
+                         for key, value in row.items()})
     write_text(path, buffer.getvalue())
 
 

@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 
+from .bands import BAND_POLICIES, band_mapping, select_bands  # noqa: F401 (BAND_POLICIES re-exported)
 from .errors import FersError
 
 INPUT_SCALE = 0.1
-BAND_POLICIES = ("first", "interp", "error")
 # Fill values that sensors and processing chains write for missing pixels.
 CHUNK_BYTES = 64 * 2 ** 20  # float64 working set of one row chunk (prepare_cube, chunked RX)
 NODATA_VALUES = (-9999.0, -32768.0, 1e-34, -1e34, -3.4028234663852886e38)
@@ -114,42 +114,11 @@ def normalize_cube(cube: np.ndarray) -> np.ndarray:
     return reference_scaling(data, low, high).astype(np.float32)
 
 
-def apply_band_policy(cube: np.ndarray, channels: int, policy: str = "interp", name: str = "cube"):
-    """Bring a ``(rows, cols, bands)`` cube to ``channels`` bands.
-
-    - ``first``: the first ``channels`` bands; an error if the cube has fewer.
-    - ``interp``: the first ``channels`` bands when there are enough, otherwise linear
-      interpolation along the band axis to ``channels`` bands, keeping the first and last band.
-    - ``error``: the cube must have exactly ``channels`` bands.
-
-    Returns ``(cube, description)``; the description is logged per scene.
-    """
-    if policy not in BAND_POLICIES:
-        raise ValueError(f"band_policy must be one of {BAND_POLICIES}, got {policy!r}")
-    bands = cube.shape[2]
-    if policy == "error" and bands != channels:
-        raise FersError(f"{name}: has {bands} bands but the model takes {channels} "
-                        "(`band_policy` error); use `band_policy` first or interp, or a model for "
-                        f"{bands} bands")
-    if bands >= channels:
-        return cube[:, :, :channels], (f"first {channels} of {bands} bands" if bands > channels
-                                       else f"all {bands} bands")
-    if policy == "first":
-        raise FersError(f"{name}: has {bands} bands, fewer than the model's {channels}; "
-                        "use `band_policy` interp or a model for fewer bands")
-    return interpolate_bands(cube, channels), f"{bands} bands linearly interpolated to {channels}"
-
-
-def interpolate_bands(cube: np.ndarray, channels: int) -> np.ndarray:
-    """Linear interpolation along the band axis to ``channels`` bands, end bands kept exactly."""
-    bands = cube.shape[2]
-    positions = np.linspace(0.0, bands - 1, channels)
-    lower = np.floor(positions).astype(int)
-    upper = np.minimum(lower + 1, bands - 1)
-    weight = (positions - lower).astype(np.float64)
-    data = np.asarray(cube, dtype=np.float64)
-    result = data[:, :, lower] * (1.0 - weight) + data[:, :, upper] * weight
-    return result.astype(np.result_type(cube.dtype, np.float32))
+def apply_band_policy(cube: np.ndarray, channels: int, policy: str = "interp", name: str = "cube", **options):
+    """``(cube with channels bands, description)``: :func:`fers.bands.select_bands` (every policy
+    of :data:`fers.bands.BAND_POLICIES`; ``options``: ``wavelengths``, ``model_wavelengths``)."""
+    selected, mapping = select_bands(cube, channels, policy, name=name, **options)
+    return selected, mapping.description
 
 
 def chunk_rows(cube_shape, chunk_bytes: int = None, itemsize: int = 8) -> int:
@@ -159,7 +128,8 @@ def chunk_rows(cube_shape, chunk_bytes: int = None, itemsize: int = 8) -> int:
 
 
 def prepare_cube(cube: np.ndarray, channels: int, policy: str = "interp", name: str = "cube",
-                 chunk_bytes: int | None = None):
+                 chunk_bytes: int | None = None, *, wavelengths=None, model_wavelengths=None, mapping=None,
+                 dtype=np.float32):
     """Validate, apply the band policy and normalise: the network input ``(rows, cols, C)`` float32
     and a description of the band policy used.
 
@@ -168,6 +138,10 @@ def prepare_cube(cube: np.ndarray, channels: int, policy: str = "interp", name: 
     runs in row chunks of about ``chunk_bytes`` in float64 (two passes), so a scene of ``H·W·C``
     values needs ``H·W·C`` float32 plus one chunk, not several float64 copies; ``cube`` may be a
     read-only memory map.
+
+    The band policy is :func:`fers.bands.band_mapping` (``wavelengths``/``model_wavelengths`` in nm
+    for ``wavelength``), or the precomputed ``mapping`` of this cube. ``dtype`` float64 keeps the
+    scaled values exact (plain RX), at twice the memory.
     """
     if cube.ndim != 3:
         raise FersError(f"{name}: expected a 3-D cube (rows, cols, bands), got shape {tuple(cube.shape)}")
@@ -175,7 +149,12 @@ def prepare_cube(cube: np.ndarray, channels: int, policy: str = "interp", name: 
     bad = nodata = 0
     low = selected_low = math.inf
     high = selected_high = -math.inf
-    description, policy_error = "", None
+    policy_error = None
+    if mapping is None:
+        try:
+            mapping = band_mapping(cube, channels, policy, wavelengths, model_wavelengths, name, chunk_bytes)
+        except FersError as error:  # raised after the value checks, as validate_cube runs first
+            policy_error = error
     whole = None  # the selected bands when the cube is one chunk: not computed twice
     for start in range(0, cube.shape[0], rows):
         chunk = np.asarray(cube[start:start + rows])
@@ -185,11 +164,7 @@ def prepare_cube(cube: np.ndarray, channels: int, policy: str = "interp", name: 
             continue
         low, high = min(low, float(np.min(chunk))), max(high, float(np.max(chunk)))
         if policy_error is None:
-            try:
-                selected, description = apply_band_policy(chunk, channels, policy, name)
-            except FersError as error:  # raised after the value checks, as validate_cube runs first
-                policy_error = error
-                continue
+            selected = mapping.apply(chunk)
             selected_low = min(selected_low, float(np.min(selected)))
             selected_high = max(selected_high, float(np.max(selected)))
             whole = selected if rows >= cube.shape[0] else None
@@ -201,12 +176,11 @@ def prepare_cube(cube: np.ndarray, channels: int, policy: str = "interp", name: 
         raise policy_error
     if not selected_high > selected_low:
         raise FersError(f"{name}: the selected {channels} bands are constant; nothing to detect")
-    prepared = np.empty(cube.shape[:2] + (channels,), dtype=np.float32)
+    prepared = np.empty(cube.shape[:2] + (channels,), dtype=dtype)
     for start in range(0, cube.shape[0], rows):
-        selected = whole if whole is not None else \
-            apply_band_policy(np.asarray(cube[start:start + rows]), channels, policy, name)[0]
+        selected = whole if whole is not None else mapping.apply(np.asarray(cube[start:start + rows]))
         prepared[start:start + rows] = reference_scaling(selected, selected_low, selected_high)
-    return prepared, description
+    return prepared, mapping.description
 
 
 def to_chw(cube: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,17 +67,114 @@ def _display(scores: np.ndarray) -> np.ndarray:
     return minmax_scale(np.asarray(scores, dtype=np.float64))
 
 
-def save_heatmap(path, scores: np.ndarray, title: str) -> None:
-    """A score map as a PNG heat map with a colour bar (raw score values)."""
-    plt = _pyplot()
+# Heat maps (detect.py's <scene>_scores.png): one block of pixels per scene pixel, robust colours.
+HEATMAP_PERCENTILES = (1.0, 99.0)  # the colour scale spans these percentiles of the finite scores
+HEATMAP_MIN_SIDE = 512  # a smaller scene is enlarged by an integer factor to at least this (longer side)
+HEATMAP_MAX_SIDE = 8192  # a larger one is reduced by an integer factor, each block showing its maximum
+HEATMAP_TITLE_PX, HEATMAP_BAR_PX, HEATMAP_MARGIN_PX, HEATMAP_MIN_WIDTH = 30, 120, 10, 480
+HEATMAP_DPI = 100
+NO_DATA_GREY = (0.6, 0.6, 0.6, 1.0)  # non-finite scores (no-data pixels)
+
+
+def display_range(scores: np.ndarray, percentiles=HEATMAP_PERCENTILES) -> tuple[float, float]:
+    """The robust colour scale of a score map: the ``percentiles`` (1st and 99th) of its finite
+    scores, so a few extreme pixels cannot turn the rest of the map black; the full range when
+    those coincide, ``(0, 1)`` without a finite score."""
+    finite = np.asarray(scores, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if not finite.size:
+        return 0.0, 1.0
+    low, high = np.percentile(finite, percentiles)
+    if not high > low:
+        low, high = finite.min(), finite.max()
+    return float(low), float(high)
+
+
+def _ordinal(value: float) -> str:
+    number = f"{value:g}"
+    suffix = "th" if number.endswith(("11", "12", "13")) else {"1": "st", "2": "nd", "3": "rd"}.get(number[-1], "th")
+    return number + suffix
+
+
+def heatmap_scale(height: int, width: int) -> tuple[int, int]:
+    """``(enlarge, reduce)``: the integer factors a ``height × width`` map is drawn with (one is 1)."""
+    side = max(height, width)
+    if side > HEATMAP_MAX_SIDE:
+        return 1, math.ceil(side / HEATMAP_MAX_SIDE)
+    return max(1, HEATMAP_MIN_SIDE // side), 1
+
+
+def heatmap_layout(height: int, width: int) -> dict:
+    """Where :func:`save_heatmap` puts things, in PNG pixels: ``size`` ``(width, height)`` of the image,
+    ``map`` ``(left, top, width, height)`` of the drawn map, and the scale factors."""
+    enlarge, reduce = heatmap_scale(height, width)
+    map_height, map_width = -(-height // reduce) * enlarge, -(-width // reduce) * enlarge
+    image_width = max(HEATMAP_MIN_WIDTH, 2 * HEATMAP_MARGIN_PX + map_width + HEATMAP_BAR_PX)
+    image_height = HEATMAP_TITLE_PX + map_height + HEATMAP_MARGIN_PX
+    return {"size": (image_width, image_height), "map": (HEATMAP_MARGIN_PX, HEATMAP_TITLE_PX, map_width, map_height),
+            "enlarge": enlarge, "reduce": reduce}
+
+
+def _block_maximum(scores: np.ndarray, reduce: int) -> np.ndarray:
+    """Each ``reduce × reduce`` block's largest finite score (NaN where it has none)."""
     height, width = scores.shape
-    scale = 6.0 / max(height, width)
-    figure, axis = plt.subplots(figsize=(max(3.0, width * scale) + 1.2, max(3.0, height * scale)))
-    image = axis.imshow(scores, cmap="inferno", interpolation="nearest")
-    axis.set_title(title, fontsize=9)
-    axis.axis("off")
-    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
-    _save(figure, path)
+    padded = np.full((-(-height // reduce) * reduce, -(-width // reduce) * reduce), np.nan)
+    padded[:height, :width] = np.where(np.isfinite(scores), scores, np.nan)
+    blocks = padded.reshape(padded.shape[0] // reduce, reduce, padded.shape[1] // reduce, reduce)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
+        return np.nanmax(blocks, axis=(1, 3))
+
+
+def heatmap_colours(scores: np.ndarray, low: float, high: float, colormap: str = "inferno") -> np.ndarray:
+    """``(H, W, 3)`` uint8 colours of a map on the scale ``[low, high]`` (values outside take the end
+    colours; non-finite scores :data:`NO_DATA_GREY`)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[colormap].with_extremes(bad=NO_DATA_GREY)
+    values = np.asarray(scores, dtype=np.float64)
+    scaled = np.ma.masked_invalid(np.clip((values - low) / (high - low if high > low else 1.0), 0.0, 1.0))
+    return cmap(scaled, bytes=True)[..., :3]
+
+
+def save_heatmap(path, scores: np.ndarray, title: str, colormap: str = "inferno") -> None:
+    """A score map as a PNG at the scene's own resolution: one block of ``enlarge × enlarge`` image
+    pixels per scene pixel (an integer factor bringing small scenes to about 512 px; 1 from 512 px
+    on; scenes over 8192 px reduced by an integer factor, each block showing its maximum so no
+    anomaly disappears), coloured on the robust scale of :func:`display_range` (1st–99th
+    percentile; the colour bar's arrows mark clipped values), no-data grey, the title above and the
+    colour bar at the right (:func:`heatmap_layout`)."""
+    plt = _pyplot()
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from PIL import Image
+
+    scores = np.asarray(scores, dtype=np.float64)
+    layout = heatmap_layout(*scores.shape)
+    low, high = display_range(scores)
+    shown = _block_maximum(scores, layout["reduce"]) if layout["reduce"] > 1 else scores
+    colours = heatmap_colours(shown, low, high, colormap)
+    colours = np.repeat(np.repeat(colours, layout["enlarge"], axis=0), layout["enlarge"], axis=1)
+    width, height = layout["size"]
+    left, top, map_width, map_height = layout["map"]
+    figure = plt.figure(figsize=((width + 0.5) / HEATMAP_DPI, (height + 0.5) / HEATMAP_DPI), dpi=HEATMAP_DPI)
+    figure.text(HEATMAP_MARGIN_PX / width, 1 - 0.5 * HEATMAP_TITLE_PX / height, title, fontsize=9, va="center")
+    bar_left = left + map_width + HEATMAP_MARGIN_PX
+    bar = figure.add_axes([bar_left / width, HEATMAP_MARGIN_PX / height, 14 / width,
+                           (map_height - 2 * HEATMAP_MARGIN_PX) / height if map_height > 60 else map_height / height])
+    finite = scores[np.isfinite(scores)]
+    extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[
+        (bool(finite.size and finite.min() < low), bool(finite.size and finite.max() > high))]
+    colour_bar = figure.colorbar(ScalarMappable(Normalize(low, high), colormap), cax=bar, extend=extend)
+    colour_bar.set_label(f"score (colours: {_ordinal(HEATMAP_PERCENTILES[0])}–{_ordinal(HEATMAP_PERCENTILES[1])} "
+                         "percentile)", fontsize=8)
+    bar.tick_params(labelsize=7)
+    figure.canvas.draw()
+    image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(figure)
+    image[top:top + map_height, left:left + map_width] = colours  # the map's own pixels, never resampled
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
 
 
 def scene_panel(path, name: str, composite: np.ndarray, mask: np.ndarray, maps: dict) -> None:
@@ -89,7 +187,8 @@ def scene_panel(path, name: str, composite: np.ndarray, mask: np.ndarray, maps: 
     axes[1].imshow(mask, cmap="gray", interpolation="nearest", vmin=0, vmax=1)
     axes[1].set_title(f"ground truth ({int(mask.sum())} px)", fontsize=9)
     for axis, (label, scores) in zip(axes[2:], maps.items()):
-        axis.imshow(_display(scores), cmap="inferno", interpolation="nearest", vmin=0, vmax=1)
+        low, high = display_range(scores)
+        axis.imshow(scores, cmap="inferno", interpolation="nearest", vmin=low, vmax=high)
         value = auc_score(scores, mask) if mask.any() else math.nan
         axis.set_title(f"{label}  AUC {value:.4f}", fontsize=9)
     for axis in axes:

@@ -33,9 +33,10 @@ def _chunk_rows(cube_shape, itemsize: int = 8) -> int:
     return chunk_rows(cube_shape, CHUNK_BYTES, itemsize)
 
 
-def prepare_scene(cube: np.ndarray, channels: int, band_policy: str = "interp", name: str = "cube"):
-    """:func:`fers.preprocessing.prepare_cube` in row chunks of ``CHUNK_BYTES``."""
-    return prepare_cube(cube, channels, band_policy, name, chunk_bytes=CHUNK_BYTES)
+def prepare_scene(cube: np.ndarray, channels: int, band_policy: str = "interp", name: str = "cube", **options):
+    """:func:`fers.preprocessing.prepare_cube` in row chunks of ``CHUNK_BYTES`` (``options``: its
+    keyword-only ones: ``mapping``, ``wavelengths``, ``model_wavelengths``, ``dtype``)."""
+    return prepare_cube(cube, channels, band_policy, name, chunk_bytes=CHUNK_BYTES, **options)
 
 
 # --------------------------------------------------------------------------- tiling

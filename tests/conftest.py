@@ -56,6 +56,19 @@ def call_main(module: str, function: str, argv: list, capsys) -> tuple[int, str,
     return code, out, err
 
 
+def run_detect(argv, capsys) -> tuple[int, str, str]:
+    """``detect.py`` in this process on the CPU, without a progress bar: ``(exit code, stdout, stderr)``."""
+    return call_main("fers.cli.detect", "main", [*argv, "--no_progress", "--device", "cpu"], capsys)
+
+
+def error_line(code, err) -> str:
+    """The one ``error:`` line of a refused command (exit code 2, no traceback)."""
+    assert code == 2 and "Traceback" not in err, (code, err)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
 def run_script(script, *args, cwd=None, timeout=600):
     """Run a repository script with this interpreter; returns the CompletedProcess."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")

@@ -12,7 +12,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from conftest import ABU_DIR, BACKGROUND_DIR, call_main, needs_abu, needs_background
+from conftest import ABU_DIR, BACKGROUND_DIR, call_main, error_line, needs_abu, needs_background, run_detect
 from fers.errors import FersError
 from fers import io as fio
 
@@ -39,8 +39,7 @@ def _evaluation_model(checkpoints):
             "--no_progress"]
 
 
-def _detect(argv, capsys):
-    return _call("fers.cli.detect", "main", [*argv, "--no_progress", "--device", "cpu"], capsys)
+_detect = run_detect
 
 
 def _scene(rows=24, cols=20, bands=12, seed=0):
@@ -53,11 +52,7 @@ def _scene(rows=24, cols=20, bands=12, seed=0):
     return cube, mask
 
 
-def _error_line(code, err):
-    assert code == 2 and "Traceback" not in err, (code, err)
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
+_error_line = error_line
 
 
 # --------------------------------------------------------------------------- ground truth inside a scene file

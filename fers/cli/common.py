@@ -8,13 +8,28 @@ import contextlib
 from .. import detectors
 from ..errors import PARAMETER_FLAGS, ConsoleHandler, FersError, as_flags, console_logging  # noqa: F401 (re-exported)
 from ..io import CUBE_LAYOUTS, LAYOUT_CHECK
-from ..preprocessing import BAND_POLICIES
+from ..bands import ENTROPY_BINS, POSITION_POLICIES, STATISTIC_POLICIES, WAVELENGTH_TOLERANCE_NM
 from ..utils import DEVICES, REPO_ROOT
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, default_channels: int, abu: bool = False) -> None:
+BAND_POLICY_HELP = {
+    "first": "the first C bands",
+    "interp": "the first C if there are enough, else linear interpolation along the band axis to C (default)",
+    "error": "the scene must have exactly C bands",
+    "std": "the C bands of highest variance",
+    "entropy": f"the C bands of highest histogram entropy ({ENTROPY_BINS} bins per band)",
+    "low_correlation": "C weakly correlated bands, chosen greedily",
+    "wavelength": "linear interpolation in wavelength to the model's band centres (needs the scene's wavelengths "
+                  f"and the model's; refused where the model reaches more than {WAVELENGTH_TOLERANCE_NM:g} nm beyond "
+                  "the scene)",
+}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_channels: int, abu: bool = False,
+                        band_policies: tuple = POSITION_POLICIES + STATISTIC_POLICIES) -> None:
     """``abu``: the scoring defaults of the reference FERS_ABU (float64 RX of x + spa + spe at every
-    band count); otherwise the HAD100 rule of the reference ``test.py``."""
+    band count); otherwise the HAD100 rule of the reference ``test.py``. ``band_policies``: the
+    ``--band_policy`` choices (``wavelength`` only where the command reads wavelengths)."""
     parser.add_argument("--input_channel", type=int, default=default_channels,
                         help="bands the model takes (50, 100 or 200 for the released models)")
     parser.add_argument("--checkpoint_dir", default=str(REPO_ROOT / "checkpoints"),
@@ -34,10 +49,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_channels: int, 
                             help="auto = reference rule: product of branch maps for <=50 bands, sum above")
         parser.add_argument("--rx_precision", choices=detectors.RX_PRECISIONS, default="reference",
                             help="reference = float32 pinv path for <=50 bands and float64 above (reproduces the "
-                                 "paper); float64 = numerically sound everywhere; float32 = float32 everywhere")
-    parser.add_argument("--band_policy", choices=BAND_POLICIES, default="interp",
-                        help="first C bands; interp = first C if enough, else linear interpolation to C; "
-                             "error = the scene must have exactly C bands")
+                                 "paper; plain RX without a branch: float64); float64 = numerically sound "
+                                 "everywhere; float32 = float32 everywhere")
+    parser.add_argument("--band_policy", choices=band_policies, default="interp",
+                        help="how the scene's bands become the model's C: "
+                             + "; ".join(f"{name} = {BAND_POLICY_HELP[name]}" for name in band_policies)
+                             + ". Chosen bands keep their spectral order (docs/detection.md, 'Band policies')")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--batch_size", type=int, default=16, help="scenes per forward pass")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")

@@ -11,7 +11,8 @@ from pathlib import Path
 from .. import detectors
 from ..errors import FersError, cli_entry
 from ..evaluation import Detector
-from ..io import CUBE_SUFFIXES, EMBEDDED, read_scene
+from ..bands import BAND_POLICIES
+from ..io import CUBE_SUFFIXES, EMBEDDED, load_wavelengths, read_scene
 from ..outputs import OutputFolder, check_writable_dir, save_mat, save_npy, write_json
 from ..results import measure, scene_row
 from ..scene_detection import BACKGROUNDS, TileGrid, detect_scene, prepare_scene, write_scene_results
@@ -29,7 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "--save_dir, and results.json/results.csv: one row per scene detected into that folder "
                     "(metrics when a ground truth is given or found) and the mean.")
     parser.add_argument("scene", help="cube file: .mat (v5 or v7.3), .npy, .npz or ENVI .hdr (needs 'spectral')")
-    add_model_arguments(parser, default_channels=200)
+    add_model_arguments(parser, default_channels=200, band_policies=BAND_POLICIES)
+    parser.add_argument("--wavelengths", default=None, metavar="FILE",
+                        help="the scene's band centres (nm, or µm below 100: .txt/.csv numbers, .json list, ENVI "
+                             ".hdr, .npy, .mat/.npz 'wavelengths') when its file carries none; default: the ENVI "
+                             "header's 'wavelength', a 'wavelengths'/'wavelength' vector in a .mat/.npz")
+    parser.add_argument("--model_wavelengths", default=None, metavar="FILE",
+                        help="the C band centres the model was trained on (same formats), for --band_policy "
+                             "wavelength when its checkpoints record none (released checkpoints)")
     parser.add_argument("--branches", choices=detectors.BRANCHES + ("none",), default="both",
                         help="both = FERS; spectral = FERD only; spatial = spatial only; none = plain RX "
                              "(no checkpoint needed)")
@@ -47,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tile", type=int, default=64, help="tile size in pixels (>= the scene size: one tile, "
                         "the same map as FERS_ABU/test.py)")
     parser.add_argument("--overlap", type=int, default=16, help="minimum overlap of neighbouring tiles, blended")
-    parser.add_argument("--background", choices=BACKGROUNDS, default="tile",
+    parser.add_argument("--background", choices=BACKGROUNDS, default=None,
                         help="tile = RX statistics per tile, tile maps robustly standardised, then blended; "
-                             "global = features per tile, blended, then one RX over the whole scene")
+                             "global = features per tile, blended, then one RX over the whole scene. Default: "
+                             "global for --branches none (plain RX = global RX, as spectral.rx), tile otherwise")
     parser.add_argument("--adaptive", action="store_true", help="also the adaptive 3D-ROC measures")
     parser.add_argument("--save_dir", default=str(REPO_ROOT / "results" / "detect"))
     return parser
@@ -76,6 +85,19 @@ def _ground_truth_arg(args):
     return args.gt
 
 
+def _scene_wavelengths(args, path: Path):
+    """The scene's band centres (nm): ``--wavelengths``, else those its file carries; a file whose own
+    vector cannot be read stops only ``--band_policy wavelength``."""
+    if args.wavelengths:
+        return load_wavelengths(args.wavelengths)
+    try:
+        return load_wavelengths(path)
+    except FersError:
+        if args.band_policy == "wavelength":
+            raise
+        return None
+
+
 @cli_entry
 def main(argv=None):
     parser = build_parser()
@@ -88,8 +110,11 @@ def main(argv=None):
     default_threads()
     check_writable_dir(args.save_dir)
     device = resolve_device(args.device)
+    model_wavelengths = load_wavelengths(args.model_wavelengths) if args.model_wavelengths else None
     detector = Detector.from_checkpoints(args.checkpoint_dir, args.input_channel, args.branches, device=device,
-                                         fusion=args.fusion, rx_precision=args.rx_precision)
+                                         fusion=args.fusion, rx_precision=args.rx_precision,
+                                         model_wavelengths=model_wavelengths)
+    background = args.background = args.background or detector.default_background()
     gt = _ground_truth_arg(args)
     scene = read_scene(path, gt, cube_key=args.cube_key, gt_key=args.gt_key, layout=cube_layout(args),
                        mmap=path.suffix.lower() == ".npy")
@@ -99,15 +124,18 @@ def main(argv=None):
                         f"{path.name} is {cube.shape[0]}×{cube.shape[1]}; they must match")
     name = path.stem
     started = time.perf_counter()
-    prepared, bands = prepare_scene(cube, args.input_channel, args.band_policy, str(path))
+    wavelengths = _scene_wavelengths(args, path)
+    mapping = detector.band_mapping(cube, args.band_policy, wavelengths, str(path))
+    prepared, bands = prepare_scene(cube, args.input_channel, args.band_policy, str(path), mapping=mapping,
+                                    dtype=detector.rx_input_dtype(background))
     del cube, scene
     grid = TileGrid(prepared.shape[0], prepared.shape[1], args.tile, args.overlap)
     print(f"{name}: {prepared.shape[0]}×{prepared.shape[1]}, {bands}"
           + (", stored bands-first (transposed)" if layout_used == "bhw" else "")
           + f"; {len(grid)} tile(s) of "
-          f"{grid.tile_rows}×{grid.tile_cols}, {args.background} RX background; branches={detector.branches}, "
+          f"{grid.tile_rows}×{grid.tile_cols}, {background} RX background; branches={detector.branches}, "
           f"fusion={detector.fusion}, rx_precision={detector.rx_precision}, device={device}")
-    scores = detect_scene(detector, prepared, args.tile, args.overlap, args.background, args.batch_size,
+    scores = detect_scene(detector, prepared, args.tile, args.overlap, background, args.batch_size,
                           progress=not args.no_progress)
     seconds = time.perf_counter() - started
     del prepared
@@ -115,7 +143,7 @@ def main(argv=None):
         print(f"warning: {gt_source}: the ground truth has no anomaly pixel; metrics are NaN")
     row = scene_row(name, measure(scores, mask, args.adaptive) if mask is not None else None, seconds=seconds,
                     bands=bands, height=scores.shape[0], width=scores.shape[1], tiles=len(grid),
-                    labelled=mask is not None)
+                    labelled=mask is not None, band_mapping=mapping.record())
     config = {**vars(args), **detector.describe(), "device": str(device), "ground_truth": gt_source,
               "cube_layout_used": layout_used, "tile_rows": grid.tile_rows, "tile_cols": grid.tile_cols}
     from ..report import save_heatmap
@@ -124,7 +152,7 @@ def main(argv=None):
         save_npy(out / f"{name}_scores.npy", scores)
         save_mat(out / f"{name}_scores.mat", {"scores": scores})
         save_heatmap(out / f"{name}_scores.png", scores,
-                     f"{name}: {detector.branches} branches, {args.background} RX"
+                     f"{name}: {detector.branches} branches, {background} RX"
                      + (f", AUC {row['auc']:.4f}" if "auc" in row else ""))
         write_json(out / f"{name}_results.json", {"scene": row, "config": config, "versions": versions()})
         summary = write_scene_results(out, args.save_dir)

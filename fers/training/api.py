@@ -9,7 +9,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from ..checkpoints import band_folder
+from ..checkpoints import band_folder, read_checkpoint, recorded_wavelengths
 from ..datasets import had100_manifest
 from ..errors import FersError, ParameterError
 from ..fen import FEN
@@ -39,6 +39,24 @@ def protocol_settings(stage_name: str, config) -> dict:
                             data_order=get("data_order"), test_sensor=get("test_sensor"))
 
 
+def training_wavelengths(config, stage_name: str) -> list | None:
+    """The C band centres (nm) the exported checkpoints record: the first C of the `wavelengths` file
+    (the model takes the first C bands of every scene), else for stage 2 those of the stage-1 files."""
+    channels, path = config.input_channel, getattr(config, "wavelengths", None)
+    if path:
+        from ..io import load_wavelengths
+
+        values = load_wavelengths(path)
+        if values is None or len(values) < channels:
+            raise ParameterError(f"`wavelengths` {path}: {0 if values is None else len(values)} band centres for a "
+                                 f"model of {channels} bands; give at least {channels} (the first C are recorded)")
+        return [float(v) for v in values[:channels]]
+    stage1 = band_folder(config.checkpoint_dir, channels) / "enc.pt"
+    if stage_name == "stage2" and stage1.is_file():
+        return recorded_wavelengths(read_checkpoint(stage1))
+    return None
+
+
 def _agreed_run_dir(dist: Distributed, path) -> Path:
     """Rank 0 picks the default run folder; every process uses it."""
     if dist.world_size > 1:
@@ -57,6 +75,7 @@ def train_stage(stage_name: str, config: TrainConfig, dist: Distributed, resume_
     fresh = resume_dir is None
     channels = config.input_channel
     settings = protocol_settings(stage_name, config)
+    wavelengths = training_wavelengths(config, stage_name)
     seed_run(settings)
     state = None if fresh else load_run_state(resume_dir)  # None: killed before its first epoch ended
     if state is not None and config.epochs < state["epoch"]:
@@ -87,6 +106,7 @@ def train_stage(stage_name: str, config: TrainConfig, dist: Distributed, resume_
     else:
         stage = Stage2(channels, fen, dist.device, settings["spatial_bn"], config.backbone_weights, pretrained,
                        load_backbone=not restored)
+    stage.wavelengths = wavelengths
     if fresh:
         run_dir = _agreed_run_dir(dist, config.run_dir or default_run_dir(stage_name, channels))
     else:

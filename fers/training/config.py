@@ -106,6 +106,10 @@ class TrainConfig:
     test_sensor: str = setting(REFERENCE_TEST_SENSOR, "HAD100 test folder test/<test_sensor> of --select_on_test / "
                                                       "--log_test_auc (default %(default)s, as the reference, also "
                                                       "when training on --sensor aviris)")
+    wavelengths: str | None = setting(None, "file of the training scenes' band centres (nm, or µm below 100: .txt/.csv "
+                                            "numbers, .json list, ENVI .hdr, .npy); the first C are recorded in the "
+                                            "checkpoints so that detect.py --band_policy wavelength can resample other "
+                                            "sensors' scenes to them (stage 2 default: those stage 1 recorded)")
     run_dir: str | None = setting(None, "run folder (default: runs/<stage>_<C>bands_<time>/)")
     resume: str | None = setting(None, "continue the run in RUN_DIR from its last completed epoch with its recorded "
                                        "settings; --device, --workers, --no_progress may change, --epochs N "

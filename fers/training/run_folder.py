@@ -195,7 +195,7 @@ def write_run_config(run_dir, config: dict) -> None:
 # --------------------------------------------------------------------------- resuming a run
 
 # Paths recorded in config.json; stored absolute so that a run resumes from any folder.
-PATH_FIELDS = ("data_path", "checkpoint_dir", "run_dir", "backbone_weights")
+PATH_FIELDS = ("data_path", "checkpoint_dir", "run_dir", "backbone_weights", "wavelengths")
 # With resume: settings that never change the trained weights (taken from the resuming call) ...
 RESUME_FREE = ("device", "workers", "no_progress")
 # ... and settings that are checked, then honoured (recorded in config.json under "resumes").

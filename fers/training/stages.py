@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from ..backbones import ResNet, load_imagenet_weights
-from ..checkpoints import (RESTORATION_FILE, STAGE1_FILES, band_folder, load_fen, save_fen, save_spatial_branch,
-                           save_state)
+from ..checkpoints import (RESTORATION_FILE, STAGE1_FILES, band_folder, load_fen, model_config, save_fen,
+                           save_spatial_branch, save_state)
 from ..errors import FersError, ParameterError
 from ..fen import FEN
 from ..outputs import OutputFolder
@@ -96,6 +96,7 @@ class Stage1:
 
     name = "stage1"
     weights = STAGE1_WEIGHTS
+    wavelengths = None  # the C training band centres (nm) recorded in the exported checkpoints
 
     def __init__(self, channels: int, backbone: str, device, bce_input: str = "logits",
                  backbone_weights=None, pretrained: bool = True, load_backbone: bool = True):
@@ -150,9 +151,8 @@ class Stage1:
         """``convh.pt``, ``enc.pt``, ``pc.pt`` in ``<checkpoint_dir>/<C>bands/``; their config also
         records how the FEN was trained."""
         folder = band_folder(checkpoint_dir, self.channels)
-        # the export's error names the flag itself (pinned by tests/test_faults.py)
         with OutputFolder(folder, "`checkpoint_dir`", "the checkpoints") as staging:
-            save_fen(staging, self.net.fen, training_info)
+            save_fen(staging, self.net.fen, training_info, self.wavelengths)
         return folder
 
     def describe(self) -> dict:
@@ -181,6 +181,7 @@ class Stage2:
 
     name = "stage2"
     weights = STAGE2_WEIGHTS
+    wavelengths = None  # the C training band centres (nm) recorded in the exported checkpoints
 
     def __init__(self, channels: int, fen: FEN, device, spatial_bn: str = "eval", backbone_weights=None,
                  pretrained: bool = True, load_backbone: bool = True):
@@ -246,11 +247,10 @@ class Stage2:
 
     def export(self, checkpoint_dir, training_info: dict) -> Path:
         folder = band_folder(checkpoint_dir, self.channels)
-        # the export's error names the flag itself (pinned by tests/test_faults.py)
         with OutputFolder(folder, "`checkpoint_dir`", "the checkpoints") as staging:
-            save_spatial_branch(staging, self.spatial, training_info)
+            save_spatial_branch(staging, self.spatial, training_info, self.wavelengths)
             save_state(staging / RESTORATION_FILE, self.student.restoration,
-                       {"channels": self.channels, "training": training_info})
+                       model_config(self.channels, None, training_info, self.wavelengths))
         return folder
 
     def describe(self) -> dict:
