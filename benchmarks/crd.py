@@ -1,5 +1,5 @@
 """Benchmark: our blocked, batched CRD (``fers.detectors.crd_scores``) against the same formula
-written pixel by pixel with NumPy (gather the ring, form ``XᵀX + λ ΓᵀΓ``, ``np.linalg.solve``),
+written pixel by pixel with NumPy (``fers.detectors.crd_scores_numpy``: ring, ``np.linalg.solve``),
 interleaved, on a synthetic 100×100×200 scene (the size of an ABU scene).
 
     python benchmarks/crd.py [--size 100] [--bands 200] [--windows 5 11] [--rounds 3]
@@ -17,27 +17,8 @@ import numpy as np
 import torch
 
 from common import REPO_ROOT, interleaved_medians, machine, print_table, save_results, setup  # noqa: I100
-from fers.detectors import crd_scores
+from fers.detectors import crd_scores, crd_scores_numpy
 from fers.synthetic import make_scene
-
-
-def reference_crd(cube: np.ndarray, win_in: int, win_out: int, lam: float, rows: int) -> np.ndarray:
-    """CRD of the first ``rows`` rows of a ``(H, W, C)`` cube, one pixel at a time."""
-    height, width, _ = cube.shape
-    image = cube.astype(np.float64)
-    image = (image - image.min()) / (image.max() - image.min())
-    big, small = win_out // 2, win_in // 2
-    scores = np.empty((rows, width))
-    for i in range(rows):
-        for j in range(width):
-            ring = np.array([image[a, b] for a in range(max(0, i - big), min(height, i + big + 1))
-                             for b in range(max(0, j - big), min(width, j + big + 1))
-                             if abs(a - i) > small or abs(b - j) > small]).T
-            y = image[i, j]
-            distances = np.linalg.norm(ring - y[:, None], axis=0)
-            weights = np.linalg.solve(ring.T @ ring + lam * np.diag(distances ** 2), ring.T @ y)
-            scores[i, j] = np.linalg.norm(y - ring @ weights)
-    return scores
 
 
 def main(argv=None):
@@ -60,9 +41,9 @@ def main(argv=None):
     print(f"CRD benchmark on {machine(device)['cpu']}, {torch.get_num_threads()} threads, {device}; "
           f"{args.size}x{args.size}x{args.bands}, windows {win_in}/{win_out}")
     ours = crd_scores(tensor, win_in, win_out, args.lam).cpu().numpy()
-    reference = reference_crd(cube, win_in, win_out, args.lam, rows)
+    reference = crd_scores_numpy(cube, win_in, win_out, args.lam, rows)
     difference = float(np.max(np.abs(ours[:rows] - reference) / np.abs(reference)))
-    timing = interleaved_medians({"reference": lambda: reference_crd(cube, win_in, win_out, args.lam, rows),
+    timing = interleaved_medians({"reference": lambda: crd_scores_numpy(cube, win_in, win_out, args.lam, rows),
                                   "ours": lambda: crd_scores(tensor, win_in, win_out, args.lam)},
                                  rounds=args.rounds, warmup=0, device=device)
     scale = args.size / rows

@@ -310,6 +310,29 @@ def crd_scores(cube: torch.Tensor, win_in: int = 5, win_out: int = 11, lam: floa
     return scores
 
 
+def crd_scores_numpy(cube: np.ndarray, win_in: int = 5, win_out: int = 11, lam: float = 1e-6,
+                     rows: int | None = None) -> np.ndarray:
+    """CRD of a ``(H, W, C)`` cube written pixel by pixel with NumPy, straight from the formula: the
+    in-scene ring between the windows as ``X``, ``w = np.linalg.solve(XᵀX + λ ΓᵀΓ, Xᵀy)``,
+    ``‖y − Xw‖``. The plain reference :func:`crd_scores` is tested and benchmarked against (kept
+    independent of its helpers on purpose); ``rows``: only the first rows (the benchmark)."""
+    height, width, _ = cube.shape
+    image = np.asarray(cube, dtype=np.float64)
+    image = (image - image.min()) / (image.max() - image.min())
+    big, small = win_out // 2, win_in // 2
+    scores = np.zeros((height if rows is None else rows, width))
+    for i in range(scores.shape[0]):
+        for j in range(width):
+            ring = np.array([image[a, b] for a in range(max(0, i - big), min(height, i + big + 1))
+                             for b in range(max(0, j - big), min(width, j + big + 1))
+                             if abs(a - i) > small or abs(b - j) > small]).T  # X, (C, s)
+            y = image[i, j]
+            gamma = np.diag(np.linalg.norm(ring - y[:, None], axis=0))
+            weights = np.linalg.solve(ring.T @ ring + lam * gamma.T @ gamma, ring.T @ y)
+            scores[i, j] = np.linalg.norm(y - ring @ weights)
+    return scores
+
+
 def _crd_block(image: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, offsets: torch.Tensor, radius: int,
                lam: float) -> torch.Tensor:
     """CRD scores of the pixels ``rows × cols`` (row-major) of ``image`` ``(H, W, C)``."""

@@ -95,33 +95,12 @@ def test_compare_methods_tests_each_method_against_the_best_on_shared_scenes():
 # --------------------------------------------------------------------------- CRD
 
 
-def _crd_brute_force(cube: np.ndarray, win_in: int, win_out: int, lam: float) -> np.ndarray:
-    """CRD (Li & Du 2015) pixel by pixel: the ring of in-scene pixels between the windows is X,
-    w = (XᵀX + λ ΓᵀΓ)⁻¹ Xᵀy with Γ = diag(‖y − x_i‖), score ‖y − Xw‖; cube (C, H, W), min-max
-    scaled."""
-    c, h, w = cube.shape
-    image = np.moveaxis(cube.astype(np.float64), 0, 2)
-    image = (image - image.min()) / (image.max() - image.min())
-    big, small = win_out // 2, win_in // 2
-    scores = np.zeros((h, w))
-    for i in range(h):
-        for j in range(w):
-            background = np.array([image[a, b] for a in range(max(0, i - big), min(h, i + big + 1))
-                                   for b in range(max(0, j - big), min(w, j + big + 1))
-                                   if abs(a - i) > small or abs(b - j) > small]).T  # (C, s)
-            y = image[i, j]
-            gamma = np.diag(np.linalg.norm(background - y[:, None], axis=0))
-            weights = np.linalg.solve(background.T @ background + lam * gamma.T @ gamma, background.T @ y)
-            scores[i, j] = np.linalg.norm(y - background @ weights)
-    return scores
-
-
 @pytest.mark.parametrize("bands, win_in, win_out, lam", [(30, 3, 7, 1e-2), (12, 3, 9, 1e-6), (40, 1, 5, 1e-4)])
 def test_crd_equals_a_per_pixel_numpy_loop(bands, win_in, win_out, lam):
-    from fers.detectors import crd_scores
+    from fers.detectors import crd_scores, crd_scores_numpy
 
     cube = np.random.default_rng(bands).random((bands, 16, 18)) + 2.0  # 288 pixels, ring cut at every border
-    expected = _crd_brute_force(cube, win_in, win_out, lam)
+    expected = crd_scores_numpy(np.moveaxis(cube, 0, 2), win_in, win_out, lam)
     scores = crd_scores(torch.from_numpy(cube), win_in, win_out, lam)
     assert scores.shape == (16, 18) and scores.dtype == torch.float64
     # solve-based: the systems' condition (up to ~1e8 at λ = 1e-6) bounds the agreement, not bitwise
@@ -131,10 +110,11 @@ def test_crd_equals_a_per_pixel_numpy_loop(bands, win_in, win_out, lam):
 @needs_abu
 def test_crd_on_a_real_abu_crop_and_through_the_public_api():
     import fers
+    from fers.detectors import crd_scores_numpy
 
     contents = scipy.io.loadmat(ABU_DIR / "abu-beach-3.mat")
     crop = contents["data"][40:56, 30:46, :].astype(np.float64)  # 256 pixels, 188 bands
-    expected = _crd_brute_force(np.moveaxis(crop, 2, 0), 3, 7, 1e-6)
+    expected = crd_scores_numpy(crop, 3, 7, 1e-6)
     np.testing.assert_allclose(fers.crd_scores(crop, 3, 7, 1e-6), expected, rtol=1e-6)
 
 
