@@ -6,6 +6,7 @@ The public API (cubes are NumPy arrays ``(rows, cols, bands)``)::
     cube = fers.load_cube("scene.mat")            # any supported file: .mat, .npy, .npz, ENVI
     mask = fers.load_mask("scene.mat")            # (rows, cols) bool ground truth
     rx_map = fers.rx_scores(cube)                 # global (or local) RX, like spectral.rx
+    crd_map = fers.crd_scores(cube)               # collaborative-representation detector (Li & Du 2015)
     detector = fers.Detector.from_checkpoints("checkpoints", channels=200, branches="both")
     scores = detector.detect(cube)                # (rows, cols) anomaly map of a scene of any size
     scores = detector.detect(cube, band_policy="wavelength", wavelengths=fers.load_wavelengths("scene.hdr"))
@@ -16,6 +17,10 @@ The public API (cubes are NumPy arrays ``(rows, cols, bands)``)::
 - ``Detector``: the trained networks of one band count and the fusion/RX rules;
   ``Detector.score(batch)`` is the tensor-level call on normalised ``(N, C, H, W)`` cubes.
 - ``rx_scores(cube, background="global" | "local")``: training-free RX of a cube or of pixels.
+- ``crd_scores(cube, win_in=5, win_out=11, lam=1e-6)``: the CRD baseline (dual window, cut at the border).
+- ``load_score_map(path, shape)``: another method's precomputed map, checked as ``compare.py --maps`` does;
+  ``compare_methods(rows, methods, metrics)``: mean ± std per method and the paired Wilcoxon test
+  against the best (``compare.py``'s statistics).
 - ``prepare_cube(cube, channels)``: the network input (band policy and the reference scaling).
 - ``select_bands(cube, channels, policy)``, ``band_mapping(...)``: the band policies (``first``,
   ``interp``, ``error``, ``std``, ``entropy``, ``low_correlation``, ``wavelength``) as pure
@@ -38,6 +43,9 @@ __version__ = "0.1.0"
 _API = {
     "Detector": ("fers.evaluation", "Detector"),
     "rx_scores": ("fers.scene_detection", "rx_map"),
+    "crd_scores": ("fers.scene_detection", "crd_map"),
+    "load_score_map": ("fers.method_maps", "load_score_map"),
+    "compare_methods": ("fers.statistics", "compare_methods"),
     "prepare_cube": ("fers.preprocessing", "prepare_cube"),
     "select_bands": ("fers.bands", "select_bands"),
     "band_mapping": ("fers.bands", "band_mapping"),

@@ -219,6 +219,19 @@ def rx_map(cube, background: str = "global", inner: int = 5, outer: int = 15, co
     return local_rx_scores(bands_first, inner, outer, components=components).numpy()
 
 
+def crd_map(cube, win_in: int = 5, win_out: int = 11, lam: float = 1e-6, device="cpu") -> np.ndarray:
+    """The collaborative-representation detector (CRD, Li & Du 2015) of a cube ``(H, W, B)`` →
+    ``(H, W)`` float64: :func:`fers.detectors.crd_scores` (dual window ``win_in``/``win_out`` cut at
+    the scene border, distance-weighted Tikhonov weight ``lam``), NumPy in and out. The cube is not
+    modified."""
+    if not hasattr(cube, "ndim") or cube.ndim != 3:
+        raise ValueError(f"cube must be (rows, cols, bands), got shape {np.shape(cube)}")
+    from .detectors import crd_scores
+
+    bands_first = torch.from_numpy(to_chw(np.asarray(cube, dtype=np.float64))).to(device)
+    return crd_scores(bands_first, win_in, win_out, lam).cpu().numpy()
+
+
 def _tile_batches(grid: TileGrid, batch_size: int):
     tiles = grid.tiles()
     for start in range(0, len(tiles), batch_size):

@@ -60,6 +60,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_channels: int, 
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
+def given_flags(parser: argparse.ArgumentParser, argv) -> set:
+    """The destinations of the flags typed on the command line (argparse defaults excluded): ``parser``
+    is a fresh parser of the same command, whose defaults are replaced by ``SUPPRESS`` here."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
 def check_positive(parser, **values) -> None:
     for name, value in values.items():
         if value is not None and value < 1:

@@ -12,7 +12,7 @@ from ..training import TrainConfig, TrainingInterrupted, train
 from ..training.config import STAGES
 from ..training.api import protocol_settings  # noqa: F401 (the settings of parsed flags, for tests and tools)
 from ..utils import REPO_ROOT, default_threads
-from .common import as_flags, console_logging, flags_in_errors
+from .common import as_flags, console_logging, flags_in_errors, given_flags
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, stages: tuple, main: bool = False) -> None:
@@ -38,14 +38,6 @@ def _check(parser, args) -> None:
         TrainConfig.from_dict(vars(args)).validate()
     except ParameterError as error:
         parser.error(as_flags(str(error)))
-
-
-def given_flags(parser: argparse.ArgumentParser, argv) -> set:
-    """The destinations of the flags typed on the command line (argparse defaults excluded): ``parser``
-    is a fresh parser of the same command, whose defaults are replaced by ``SUPPRESS`` here."""
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv)))
 
 
 def _interrupted(error: TrainingInterrupted) -> int:
