@@ -83,7 +83,7 @@ def _map_files(folder: Path) -> list:
 def _missing_error(name: str, where, pattern: str, missing: list, found: int) -> FersError:
     shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
     return FersError(f"{where}: no map of {name} for scene(s) {shown} (looked for '{pattern}'; {found} file(s) "
-                     "matched); add them, or compare on the scenes that have maps (a --data_path holding only "
+                     "matched); add them, or compare on the scenes that have maps (a `data_path` holding only "
                      f"those), or pass `maps` {name}=PATTERN with {SCENE_FIELD} where the file names differ more")
 
 
