@@ -7,12 +7,15 @@ The public API (cubes are NumPy arrays ``(rows, cols, bands)``)::
     mask = fers.load_mask("scene.mat")            # (rows, cols) bool ground truth
     rx_map = fers.rx_scores(cube)                 # global (or local) RX, like spectral.rx
     detector = fers.Detector.from_checkpoints("checkpoints", channels=200, branches="both")
+    detector = fers.Detector.from_pretrained("fers-aviris-200")   # the authors' weights by name
     scores = detector.detect(cube)                # (rows, cols) anomaly map of a scene of any size
     fers.metrics.auc(scores, mask)                # AUC, Chang's 3D-ROC measures (fers.metrics)
     fers.train(fers.TrainConfig(stage="all", input_channel=50, data_path="data/HAD100Dataset"))
 
 - ``Detector``: the trained networks of one band count and the fusion/RX rules;
-  ``Detector.score(batch)`` is the tensor-level call on normalised ``(N, C, H, W)`` cubes.
+  ``Detector.score(batch)`` is the tensor-level call on normalised ``(N, C, H, W)`` cubes;
+  ``Detector.from_pretrained(name)``: the released weights (``fers.weights``: names, sources,
+  hashes), downloaded once into torch.hub's cache and verified by hash before every use.
 - ``rx_scores(cube, background="global" | "local")``: training-free RX of a cube or of pixels.
 - ``prepare_cube(cube, channels)``: the network input (band policy and the reference scaling).
 - ``load_cube``, ``load_mask``: the readers the commands use.

@@ -21,7 +21,7 @@ from ..metrics import METRIC_NAMES, mean_ignoring_nan
 from ..preprocessing import to_chw
 from ..results import measure, metric_means, scene_row, write_results
 from ..utils import REPO_ROOT, default_threads, resolve_device, versions
-from .common import add_layout_argument, add_model_arguments, check_positive, cube_layout
+from .common import add_layout_argument, add_model_arguments, check_positive, cube_layout, resolve_model_arguments
 
 METHODS = ("grx", "lrx", "ferd", "fers")
 LABELS = {"grx": "GRX", "lrx": "LRX", "ferd": "FERD", "fers": "FERS"}
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare global RX, local RX, FERD and FERS on a dataset folder with every metric "
                     "(AUC, 3D-ROC, F1): a table per scene and the mean per method, comparison.json/.csv.")
     add_model_arguments(parser, default_channels=200)
-    parser.add_argument("--branches", default="both", help=argparse.SUPPRESS)  # --methods decides
+    parser.add_argument("--branches", default=None, help=argparse.SUPPRESS)  # --methods decides
     parser.add_argument("--batch_size", type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument("--data_path", default=str(REPO_ROOT / "data" / "ABU"),
                         help="ABU folder (.mat files or the FERS_ABU layout), one .mat scene, or the HAD100 root")
@@ -126,6 +126,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     check_positive(parser, input_channel=args.input_channel)
+    resolve_model_arguments(parser, args)
     methods = _parse_methods(parser, args.methods)
     args.lrx_windows = _parse_windows(parser, args.lrx_windows)
     if args.lrx_components < 0:
