@@ -11,6 +11,9 @@ import numpy as np
 from .errors import FersError
 
 INPUT_SCALE = 0.1
+# The reference input scaling in words, as model cards record it (reference_scaling computes it).
+NORMALISATION = {"formula": f"{INPUT_SCALE:g} * (2 * (x - min) / (max - min) - 1)",
+                 "description": f"min-max to [-1, 1] over the whole cube (all pixels and bands), times {INPUT_SCALE:g}"}
 BAND_POLICIES = ("first", "interp", "error")
 # Fill values that sensors and processing chains write for missing pixels.
 CHUNK_BYTES = 64 * 2 ** 20  # float64 working set of one row chunk (prepare_cube, chunked RX)
