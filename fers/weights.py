@@ -122,18 +122,19 @@ def _had100_stage1(channels: int) -> tuple:
 
 
 def _table() -> dict:
-    table = {}
+    """FERS at 50, 100, 200 bands and the ABU model, then FERD at 50, 100, 200 bands."""
+    fers, ferd = {}, {}
     for channels in (50, 100, 200):
         stage1 = _had100_stage1(channels)
         folder = f"saved_models/{channels}bands"
-        table[f"fers-had100-{channels}"] = NamedWeights(
+        fers[f"fers-had100-{channels}"] = NamedWeights(
             f"fers-had100-{channels}", FERS_REPOSITORY, folder, channels, "aviris_ng",
             stage1 + (PinnedFile(SPATIAL_FILE, GIT_BLOB, _HAD100_SPATIAL_BLOB[channels]),))
-        table[f"ferd-had100-{channels}"] = NamedWeights(
+        ferd[f"ferd-had100-{channels}"] = NamedWeights(
             f"ferd-had100-{channels}", FERD_REPOSITORY, folder, channels, "aviris_ng", stage1)
-    table["fers-aviris-200"] = NamedWeights("fers-aviris-200", FERS_REPOSITORY,
-                                            "FERS_ABU/saved_models/aviris/200bands", 200, "aviris", _AVIRIS_FILES)
-    return dict(sorted(table.items()))
+    fers["fers-aviris-200"] = NamedWeights("fers-aviris-200", FERS_REPOSITORY,
+                                           "FERS_ABU/saved_models/aviris/200bands", 200, "aviris", _AVIRIS_FILES)
+    return {**fers, **ferd}
 
 
 NAMED_WEIGHTS: dict[str, NamedWeights] = _table()

@@ -87,7 +87,7 @@ def test_info_on_reference_files_infers_bands_hashes_and_the_named_weights(tmp_p
     assert lines[0] == f"{folder}: 100 bands"
     convh = lines.index(next(line for line in lines if line.strip().startswith("convh.pt")))
     assert lines[convh + 1].split()[:2] == ["sha256", digest]
-    assert lines[convh + 2].strip() == "= ferd-had100-100/convh.pt, fers-had100-100/convh.pt"
+    assert lines[convh + 2].strip() == "= fers-had100-100/convh.pt, ferd-had100-100/convh.pt"
     assert "no named released weights" in lines[convh + 5]  # pc.pt: random, matches nothing
     assert "no model card: convh.pt, pc.pt" in out
     assert all(f.algorithm == SHA256 for f in NAMED_WEIGHTS["ferd-had100-100"].files)
