@@ -8,6 +8,7 @@ The public API (cubes are NumPy arrays ``(rows, cols, bands)``)::
     rx_map = fers.rx_scores(cube)                 # global (or local) RX, like spectral.rx
     crd_map = fers.crd_scores(cube)               # collaborative-representation detector (Li & Du 2015)
     detector = fers.Detector.from_checkpoints("checkpoints", channels=200, branches="both")
+    detector = fers.Detector.from_pretrained("fers-aviris-200")   # the authors' weights by name
     scores = detector.detect(cube)                # (rows, cols) anomaly map of a scene of any size
     scores = detector.detect(cube, band_policy="wavelength", wavelengths=fers.load_wavelengths("scene.hdr"))
     bands, mapping = fers.select_bands(cube, 50, "std")   # the 50 bands of highest variance, and how
@@ -15,7 +16,9 @@ The public API (cubes are NumPy arrays ``(rows, cols, bands)``)::
     fers.train(fers.TrainConfig(stage="all", input_channel=50, data_path="data/HAD100Dataset"))
 
 - ``Detector``: the trained networks of one band count and the fusion/RX rules;
-  ``Detector.score(batch)`` is the tensor-level call on normalised ``(N, C, H, W)`` cubes.
+  ``Detector.score(batch)`` is the tensor-level call on normalised ``(N, C, H, W)`` cubes;
+  ``Detector.from_pretrained(name)``: the released weights (``fers.weights``: names, sources,
+  hashes), downloaded once into torch.hub's cache and verified by hash before every use.
 - ``rx_scores(cube, background="global" | "local")``: training-free RX of a cube or of pixels.
 - ``crd_scores(cube, win_in=5, win_out=11, lam=1e-6)``: the CRD baseline (dual window, cut at the border).
 - ``load_score_map(path, shape)``: another method's precomputed map, checked as ``compare.py --maps`` does;

@@ -2,14 +2,20 @@
 
 ``<checkpoint_dir>/<C>bands/`` holds ``convh.pt``, ``enc.pt`` and ``pc.pt`` (the FEN, stage 1)
 and ``spa_fen.pt`` (the spatial branch, stage 2); each file is ``{'state_dict': ...}`` with the
-key names of the reference. Our files add a ``config`` entry (channels, backbone and, when known,
-``wavelengths``: the band centres in nm of the C bands the model was trained on); the reference
-loaders ignore it, and a file without it means the reference architecture (wavelengths unknown).
-Files are written atomically (temporary file, then rename).
+key names of the reference. Our files add a ``config`` entry (channels, backbone, how it was
+trained, when known ``wavelengths``: the band centres in nm of the C bands the model was trained on,
+and a model card: :func:`model_card`); the reference loaders ignore it, and a file without it means
+the reference architecture (wavelengths unknown). Files are written atomically (temporary file,
+then rename) and read with ``weights_only=True``.
+
+``python -m fers.checkpoints info DIR`` prints what a checkpoint folder holds: the model card of
+our files; for files without one (the reference releases), the band count, the file hashes and
+which named released weights (:mod:`fers.weights`) they are.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import zipfile
@@ -17,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import FersError
+from .errors import FersError, cli_entry
 from .fen import FEN, REFERENCE_BACKBONE
 from .outputs import _first_sentence, atomic_torch_save
+from .preprocessing import NORMALISATION
 from .restoration import RestorationNetwork, drop_legacy_attention_biases
 from .spatial_branch import SPATIAL_BACKBONE, SpatialBranch
 
@@ -76,11 +83,34 @@ def _check_channels(path: Path, found: int, channels: int) -> None:
                         f"use `channels` {found} or the {channels}bands checkpoints")
 
 
+MODEL_CARD_FORMAT = "fers-model-card/1"
+CARD_VERSIONS = ("fers", "git", "torch", "numpy", "python")
+
+
+def model_card(stage: str, channels: int, sensor: str | None, data_source: str, data_files: list, seed: int,
+               selection: str, selected_epoch: int, epochs: int, versions: dict) -> dict:
+    """What a checkpoint we write says about itself (its ``config['model_card']``): the band count,
+    the sensor and the training files (name, SHA-256, shape), the seed, the selection rule and
+    whether it looked at test labels, the input normalisation and the software versions."""
+    card = {"format": MODEL_CARD_FORMAT,
+            "method": "FERD (stage 1: convh, enc, pc)" if stage == "stage1" else "FERS (stage 2: spa_fen, restoration)",
+            "channels": int(channels), "sensor": sensor,
+            "training_data": {"source": data_source, "files": list(data_files)},
+            "seed": int(seed),
+            "selection": {"rule": selection, "uses_test_labels": selection == "test_auc",
+                          "epoch": int(selected_epoch), "epochs": int(epochs)},
+            "normalisation": dict(NORMALISATION),
+            "versions": {name: versions.get(name) for name in CARD_VERSIONS}}
+    # plain JSON types only (torch.__version__ is a str subclass): the card must load with weights_only=True
+    return json.loads(json.dumps(card, default=str))
+
+
 def model_config(channels: int, backbone: str | None = None, training: dict | None = None,
-                 wavelengths=None) -> dict:
+                 wavelengths=None, card: dict | None = None) -> dict:
     """The ``config`` entry of our checkpoint files (keys with a value only)."""
     config = {"channels": channels, "backbone": backbone, "training": training,
-              "wavelengths": None if wavelengths is None else [float(v) for v in wavelengths]}
+              "wavelengths": None if wavelengths is None else [float(v) for v in wavelengths],
+              "model_card": card}
     return {key: value for key, value in config.items() if value is not None}
 
 
@@ -90,10 +120,11 @@ def recorded_wavelengths(payload: dict) -> list | None:
     return [float(v) for v in values] if values is not None else None
 
 
-def save_fen(folder, fen: FEN, training: dict | None = None, wavelengths=None) -> None:
+def save_fen(folder, fen: FEN, training: dict | None = None, wavelengths=None, card: dict | None = None) -> None:
     """Write ``convh.pt``, ``enc.pt`` and ``pc.pt`` for a trained FEN; ``training`` (how it was
-    trained and selected) and ``wavelengths`` (its C band centres, nm) go into each file's config."""
-    config = model_config(fen.channels, fen.backbone, training, wavelengths)
+    trained and selected), ``wavelengths`` (its C band centres, nm) and the model ``card`` go into
+    each file's config."""
+    config = model_config(fen.channels, fen.backbone, training, wavelengths, card)
     folder = Path(folder)
     save_state(folder / "convh.pt", fen.convh, config)
     save_state(folder / "enc.pt", fen.encoder, config)
@@ -123,10 +154,17 @@ def load_fen(folder, channels: int, map_location="cpu") -> FEN:
     return fen.to(map_location).eval()
 
 
-def save_spatial_branch(folder, branch: SpatialBranch, training: dict | None = None, wavelengths=None) -> None:
-    """Write ``spa_fen.pt``; ``training`` and ``wavelengths`` are recorded in its config."""
-    config = model_config(branch.channels, branch.backbone, training, wavelengths)
-    save_state(Path(folder) / SPATIAL_FILE, branch, config)
+def save_spatial_branch(folder, branch: SpatialBranch, training: dict | None = None, wavelengths=None,
+                        card: dict | None = None) -> None:
+    """Write ``spa_fen.pt``; ``training``, ``wavelengths`` and the model ``card`` are recorded in its config."""
+    save_state(Path(folder) / SPATIAL_FILE, branch, model_config(branch.channels, branch.backbone, training,
+                                                                 wavelengths, card))
+
+
+def save_restoration(folder, network: RestorationNetwork, channels: int, training: dict | None = None,
+                     wavelengths=None, card: dict | None = None) -> None:
+    """Write ``restoration.pt`` (stage 2's restoration network, not needed for detection)."""
+    save_state(Path(folder) / RESTORATION_FILE, network, model_config(channels, None, training, wavelengths, card))
 
 
 def _payload_with(path: Path, key: str, what: str, channels: int, axis: int = 1) -> dict:
@@ -162,3 +200,121 @@ def load_restoration(folder, channels: int, map_location="cpu", log=None) -> Res
     _load_strict(network, {**payload, "state_dict": state}, path)
     return network.to(map_location).eval()
 
+
+
+# --------------------------------------------------------------------------- python -m fers.checkpoints info
+
+# State keys that reveal the band count C, and the axis it is on.
+_CHANNEL_KEYS = {"convh.weight": 1, "conv2.weight": 0, "initial_conv.conv.weight": 1, "head.weight": 1}
+
+
+def _band_folders(directory: Path) -> list[Path]:
+    """``directory`` itself when it holds ``.pt`` files, else its ``<C>bands/`` folders that do."""
+    if not directory.is_dir():
+        raise FersError(f"{directory}: no such checkpoint folder")
+    if any(directory.glob("*.pt")):
+        return [directory]
+    folders = sorted((p for p in directory.glob("*bands") if p.is_dir() and any(p.glob("*.pt"))),
+                     key=lambda p: (len(p.name), p.name))
+    if not folders:
+        raise FersError(f"{directory}: no checkpoint files (*.pt) here or in <C>bands/ folders below it")
+    return folders
+
+
+def file_info(path) -> dict:
+    """What one checkpoint file says and is: band count (from its shapes), SHA-256, git blob id,
+    its config and model card when it has them, and the named released files it is."""
+    from .io import sha256_file
+    from .weights import GIT_BLOB, SHA256, git_blob_id, matching_files
+
+    path = Path(path)
+    payload = read_checkpoint(path)
+    channels = None
+    for key, axis in _CHANNEL_KEYS.items():
+        weight = payload["state_dict"].get(key)
+        if torch.is_tensor(weight) and weight.ndim == 4:
+            channels = int(weight.shape[axis])
+            break
+    config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
+    digests = {SHA256: sha256_file(path), GIT_BLOB: git_blob_id(path)}
+    return {"file": path.name, "bytes": path.stat().st_size, "channels": config.get("channels", channels),
+            "sha256": digests[SHA256], "git_blob": digests[GIT_BLOB],
+            "model_card": config.get("model_card"), "training": config.get("training"),
+            "backbone": config.get("backbone"), "matches": matching_files(digests)}
+
+
+def checkpoint_info(directory) -> list[dict]:
+    """``[{"folder", "channels", "files": [file_info, ...]}]`` for ``directory`` (a ``<C>bands/``
+    folder or their parent)."""
+    folders = []
+    for folder in _band_folders(Path(directory)):
+        files = [file_info(path) for path in sorted(folder.glob("*.pt"))]
+        counts = sorted({f["channels"] for f in files if f["channels"] is not None})
+        folders.append({"folder": str(folder), "channels": counts[0] if len(counts) == 1 else counts or None,
+                        "files": files})
+    return folders
+
+
+def _card_lines(card: dict) -> list[str]:
+    data = card.get("training_data", {})
+    files = data.get("files", [])
+    shown = ", ".join(f"{f.get('file')} {str(f.get('sha256'))[:12]}" for f in files[:3])
+    selection = card.get("selection", {})
+    versions = card.get("versions", {})
+    return [f"method: {card.get('method')}",
+            f"bands: {card.get('channels')}; sensor: {card.get('sensor') or 'not recorded (scene folder)'}",
+            f"training data: {data.get('source')}, {len(files)} file(s)" + (f": {shown}" if shown else "")
+            + (", ..." if len(files) > 3 else ""),
+            f"seed: {card.get('seed')}",
+            f"selection: {selection.get('rule')}, epoch {selection.get('epoch')} of {selection.get('epochs')}; "
+            f"uses test labels: {'YES' if selection.get('uses_test_labels') else 'no'}",
+            f"normalisation: {card.get('normalisation', {}).get('description')}",
+            "versions: " + ", ".join(f"{name} {value}" for name, value in versions.items() if value is not None)]
+
+
+def info_lines(folders: list[dict]) -> list[str]:
+    """:func:`checkpoint_info` as the ``info`` command prints it."""
+    lines = []
+    for folder in folders:
+        lines.append(f"{folder['folder']}: {folder['channels'] or 'unknown'} bands")
+        cards = {}
+        for entry in folder["files"]:
+            lines.append(f"  {entry['file']:<15} {entry['bytes']:>11,} bytes  "
+                         f"{entry['channels'] or '-'} bands")
+            lines.append(f"    sha256 {entry['sha256']}  git blob {entry['git_blob']}")
+            lines.append("    = " + (", ".join(entry["matches"]) if entry["matches"]
+                                     else "no named released weights (python -m fers.weights lists them)"))
+            key = json.dumps(entry["model_card"], sort_keys=True)
+            cards.setdefault(key, []).append(entry["file"])
+        for key, names in cards.items():
+            card = json.loads(key)
+            if card is None:
+                lines.append(f"  no model card: {', '.join(names)} (a reference-release file, or written before "
+                             "model cards: bands and hashes above are read from the file)")
+            else:
+                lines.append(f"  model card of {', '.join(names)}:")
+                lines += [f"    {line}" for line in _card_lines(card)]
+    return lines
+
+
+@cli_entry
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fers.checkpoints",
+                                     description="Inspect checkpoint folders of the reference layout.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    info = commands.add_parser("info", help="model card, band count, hashes and matching released weights")
+    info.add_argument("directory", metavar="DIR", help="a <C>bands/ folder or the parent of such folders")
+    info.add_argument("--json", action="store_true", help="everything as JSON (the full training-data manifest)")
+    args = parser.parse_args(argv)
+    folders = checkpoint_info(args.directory)
+    if args.json:
+        print(json.dumps(folders, indent=1))
+    else:
+        print("\n".join(info_lines(folders)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -107,6 +107,19 @@ class Detector:
         spatial = load_spatial_branch(folder, channels) if branches in ("both", "spatial") else None
         return cls(channels, fen, spatial, **options)
 
+    @classmethod
+    def from_pretrained(cls, name: str, branches: str | None = None, **options):
+        """The authors' released weights by ``name`` (``fers-had100-50``, ``-100``, ``-200``,
+        ``fers-aviris-200``; ``ferd-had100-*``: stage 1 only, a spectral-branch detector), downloaded
+        once into torch.hub's cache and verified by hash before every use (:mod:`fers.weights`).
+        ``branches`` defaults to what the release holds (``both`` for FERS, ``spectral`` for FERD);
+        ``options`` as for :meth:`from_checkpoints` (``device``, ``fusion``, ``rx_precision``)."""
+        from .weights import fetch, named_weights, resolve_branches
+
+        weights = named_weights(name)
+        branches = resolve_branches(weights, branches)
+        return cls.from_checkpoints(fetch(name, branches), weights.channels, branches, **options)
+
     @property
     def branches(self) -> str:
         if self.fen is not None and self.spatial is not None:

@@ -12,6 +12,9 @@ from .bands import BAND_POLICIES, band_mapping, select_bands  # noqa: F401 (BAND
 from .errors import FersError
 
 INPUT_SCALE = 0.1
+# The reference input scaling in words, as model cards record it (reference_scaling computes it).
+NORMALISATION = {"formula": f"{INPUT_SCALE:g} * (2 * (x - min) / (max - min) - 1)",
+                 "description": f"min-max to [-1, 1] over the whole cube (all pixels and bands), times {INPUT_SCALE:g}"}
 # Fill values that sensors and processing chains write for missing pixels.
 CHUNK_BYTES = 64 * 2 ** 20  # float64 working set of one row chunk (prepare_cube, chunked RX)
 NODATA_VALUES = (-9999.0, -32768.0, 1e-34, -1e34, -3.4028234663852886e38)

@@ -38,6 +38,7 @@ class TrainingData:
     manifest: list = field(default_factory=list)  # [{"file", "sha256", "shape"}], sorted by file
     source: str = ""
     skipped_constant: int = 0
+    sensor: str | None = None  # the HAD100 sensor folder; None for a folder of scenes
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -126,7 +127,8 @@ def load_training_data(data_path, channels: int, img_size: int = 64, sensor: str
             origins.append((path.name, top, left))
     if not crops:
         raise FersError(f"{data_path}: every {img_size}×{img_size} crop is constant; nothing to train on")
-    return TrainingData(np.stack(crops), origins, manifest, source, skipped)
+    sensor_folder = sensor if (Path(data_path) / "train").is_dir() else None  # training_files' layout rule
+    return TrainingData(np.stack(crops), origins, manifest, source, skipped, sensor_folder)
 
 
 def split_held_out(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ from ..errors import PARAMETER_FLAGS, ConsoleHandler, FersError, as_flags, conso
 from ..io import CUBE_LAYOUTS, LAYOUT_CHECK
 from ..bands import ENTROPY_BINS, POSITION_POLICIES, STATISTIC_POLICIES, WAVELENGTH_TOLERANCE_NM
 from ..utils import DEVICES, REPO_ROOT
+from ..weights import NAMES, fetch, named_weights, resolve_branches
 
 
 BAND_POLICY_HELP = {
@@ -30,12 +31,19 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_channels: int, 
     """``abu``: the scoring defaults of the reference FERS_ABU (float64 RX of x + spa + spe at every
     band count); otherwise the HAD100 rule of the reference ``test.py``. ``band_policies``: the
     ``--band_policy`` choices (``wavelength`` only where the command reads wavelengths)."""
-    parser.add_argument("--input_channel", type=int, default=default_channels,
-                        help="bands the model takes (50, 100 or 200 for the released models)")
-    parser.add_argument("--checkpoint_dir", default=str(REPO_ROOT / "checkpoints"),
+    parser.add_argument("--input_channel", type=int, default=None,
+                        help=f"bands the model takes (50, 100 or 200 for the released models; default: "
+                             f"{default_channels}, or the band count of --weights)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint_dir", default=str(REPO_ROOT / "checkpoints"),
                         help="parent folder; files are read from <checkpoint_dir>/<C>bands/")
-    parser.add_argument("--branches", choices=detectors.BRANCHES, default="both",
-                        help="both = FERS; spectral = FERD only (needs only convh/enc/pc.pt); spatial = spatial only")
+    source.add_argument("--weights", choices=NAMES, default=None, metavar="NAME",
+                        help=f"the authors' released weights by name instead of --checkpoint_dir: {', '.join(NAMES)} "
+                             "(downloaded once into torch.hub's cache, verified by hash before every use)")
+    parser.add_argument("--branches", choices=detectors.BRANCHES, default=None,
+                        help="both = FERS; spectral = FERD only (needs only convh/enc/pc.pt); spatial = spatial "
+                             "only (default: both, or spectral for a ferd-* --weights)")
+    parser.model_defaults = {"input_channel": default_channels, "branches": "both"}
     if abu:
         parser.add_argument("--fusion", choices=detectors.FUSIONS, default="sum",
                             help="sum (default, the reference FERS_ABU at every band count): RX(x + spa + spe); "
@@ -66,6 +74,25 @@ def given_flags(parser: argparse.ArgumentParser, argv) -> set:
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     return set(vars(parser.parse_args(argv)))
+
+
+def resolve_model_arguments(parser, args) -> None:
+    """Fill ``--input_channel`` and ``--branches`` (the parser's defaults, or those of ``--weights``)
+    and, with ``--weights``, fetch and verify the named files and point ``args.checkpoint_dir`` at
+    them: the rest of a command reads checkpoints from ``args.checkpoint_dir`` either way."""
+    defaults = parser.model_defaults
+    if args.weights is None:
+        args.input_channel = defaults["input_channel"] if args.input_channel is None else args.input_channel
+        args.branches = args.branches or defaults["branches"]
+        return
+    weights = named_weights(args.weights)
+    if args.input_channel is not None and args.input_channel != weights.channels:
+        parser.error(f"--input_channel {args.input_channel} contradicts --weights {weights.name} "
+                     f"({weights.channels} bands); leave --input_channel out")
+    args.input_channel = weights.channels
+    with flags_in_errors():
+        args.branches = resolve_branches(weights, args.branches)
+        args.checkpoint_dir = str(fetch(weights.name, args.branches))
 
 
 def check_positive(parser, **values) -> None:

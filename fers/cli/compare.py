@@ -29,7 +29,8 @@ from ..protocol import (PROTOCOL_FILE, apply_options, build_protocol, check_file
 from ..results import measure, metric_keys, metric_means, scene_row, write_results
 from ..statistics import MIN_TEST_SCENES, TEST_NAME, ZERO_METHOD, compare_methods
 from ..utils import REPO_ROOT, default_threads, resolve_device, versions
-from .common import add_layout_argument, add_model_arguments, check_positive, cube_layout, given_flags
+from .common import (add_layout_argument, add_model_arguments, check_positive, cube_layout, given_flags,
+                     resolve_model_arguments)
 
 METHODS = ("grx", "lrx", "crd", "ferd", "fers")
 DEFAULT_METHODS = ("grx", "lrx", "ferd", "fers")
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "folder with every metric (AUC, 3D-ROC, F1): a table per scene, the mean ± std per method, a "
                     "paired Wilcoxon test against the best; comparison.json/.csv and protocol.json.")
     add_model_arguments(parser, default_channels=200)
-    parser.add_argument("--branches", default="both", help=argparse.SUPPRESS)  # --methods decides
+    parser.add_argument("--branches", default=None, help=argparse.SUPPRESS)  # --methods decides
     parser.add_argument("--batch_size", type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument("--data_path", default=str(REPO_ROOT / "data" / "ABU"),
                         help="ABU folder (.mat files or the FERS_ABU layout), one .mat scene, or the HAD100 root")
@@ -281,6 +282,7 @@ def main(argv=None):
         if protocol.get("fers_version") != __version__:
             print(f"note: {args.protocol} was written by fers {protocol.get('fers_version')}, this is fers "
                   f"{__version__}: the inputs are the same, the code may not be")
+    resolve_model_arguments(parser, args)
     methods = args.methods
     check_positive(parser, input_channel=args.input_channel)
     if args.lrx_components < 0:

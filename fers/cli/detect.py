@@ -17,7 +17,7 @@ from ..outputs import OutputFolder, check_writable_dir, save_mat, save_npy, writ
 from ..results import measure, scene_row
 from ..scene_detection import BACKGROUNDS, TileGrid, detect_scene, prepare_scene, write_scene_results
 from ..utils import REPO_ROOT, default_threads, resolve_device, versions
-from .common import add_layout_argument, add_model_arguments, check_positive, cube_layout
+from .common import add_layout_argument, add_model_arguments, check_positive, cube_layout, resolve_model_arguments
 
 ENVI_DATA_SUFFIXES = ("", ".img", ".dat", ".raw", ".bsq", ".bil", ".bip", ".IMG", ".DAT")
 
@@ -38,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_wavelengths", default=None, metavar="FILE",
                         help="the C band centres the model was trained on (same formats), for --band_policy "
                              "wavelength when its checkpoints record none (released checkpoints)")
-    parser.add_argument("--branches", choices=detectors.BRANCHES + ("none",), default="both",
+    parser.add_argument("--branches", choices=detectors.BRANCHES + ("none",), default=None,
                         help="both = FERS; spectral = FERD only; spatial = spatial only; none = plain RX "
-                             "(no checkpoint needed)")
+                             "(no checkpoint needed); default: both, or spectral for a ferd-* --weights")
     parser.add_argument("--batch_size", type=int, default=16, help="tiles per forward pass")
     parser.add_argument("--cube_key", default=None, help="variable holding the cube in a .mat/.npz "
                         "(default: 'data' or the only 3-D array)")
@@ -105,6 +105,7 @@ def main(argv=None):
     check_positive(parser, input_channel=args.input_channel, batch_size=args.batch_size, tile=args.tile)
     if not 0 <= args.overlap < args.tile:
         parser.error("--overlap must be at least 0 and smaller than --tile")
+    resolve_model_arguments(parser, args)
     path = Path(args.scene)
     _check_scene_path(path)
     default_threads()

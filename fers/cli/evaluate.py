@@ -10,7 +10,7 @@ from ..errors import cli_entry
 from ..evaluation import Detector, evaluate, summary_lines, write_outputs
 from ..outputs import check_writable_dir
 from ..utils import REPO_ROOT, default_threads, resolve_device
-from .common import add_layout_argument, add_model_arguments, check_positive, cube_layout
+from .common import add_layout_argument, add_model_arguments, check_positive, cube_layout, resolve_model_arguments
 
 
 def _run(args, scenes, title: str, detect: str = "RX"):
@@ -54,6 +54,7 @@ def had100_main(argv=None):
     parser = had100_parser()
     args = parser.parse_args(argv)
     check_positive(parser, input_channel=args.input_channel, batch_size=args.batch_size)
+    resolve_model_arguments(parser, args)
     if args.save_dir is None:
         args.save_dir = str(REPO_ROOT / "results" / f"had100_{args.input_channel}bands")
     scenes = had100_manifest(args.data_path, args.sensor, cube_layout(args))
@@ -90,6 +91,7 @@ def abu_main(argv=None):
     parser = abu_parser()
     args = parser.parse_args(argv)
     check_positive(parser, input_channel=args.input_channel, batch_size=args.batch_size, ae_steps=args.ae_steps)
+    resolve_model_arguments(parser, args)
     if args.save_dir is None:
         args.save_dir = str(REPO_ROOT / "results" / f"abu_{args.input_channel}bands_{args.detect}")
     scenes = abu_manifest(args.data_path, args.sensor, cube_layout(args))

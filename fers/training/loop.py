@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoints import atomic_torch_save
+from ..checkpoints import atomic_torch_save, model_card
 from ..errors import FersError, ParameterError
 from ..reference import DEFAULT_SEED
 from ..outputs import write_text
 from ..reference import check_run_state_layout, end_of_epoch_draws, epoch_permutation
 from ..training_data import TrainingData, split_held_out
+from ..utils import versions
 from .config import DEFAULTS, SELECTIONS, TrainConfig
 from .distributed import Distributed
 from .run_folder import (LOG_FILE, STATE_FILE, SignalStopper, TrainingInterrupted, load_frozen, restore_rng_states,
@@ -237,7 +238,9 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
                     "epochs": options.epochs, "selection": options.selection,
                     "selection_uses_test_labels": options.selection == "test_auc", "seed": options.seed,
                     "data_order": options.data_order, "protocol": options.protocol, **stage.describe()}
-            summary["checkpoint_folder"] = str(stage.export(checkpoint_dir, info))
+            card = model_card(stage.name, stage.channels, data.sensor, data.source, data.manifest, options.seed,
+                              options.selection, summary["selected_epoch"], options.epochs, versions())
+            summary["checkpoint_folder"] = str(stage.export(checkpoint_dir, info, card))
     dist.barrier()
     return summary
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from ..backbones import ResNet, load_imagenet_weights
-from ..checkpoints import (RESTORATION_FILE, STAGE1_FILES, band_folder, load_fen, model_config, save_fen,
-                           save_spatial_branch, save_state)
+from ..checkpoints import (STAGE1_FILES, band_folder, load_fen, save_fen, save_restoration,
+                           save_spatial_branch)
 from ..errors import FersError, ParameterError
 from ..fen import FEN
 from ..outputs import OutputFolder
@@ -60,8 +60,9 @@ class Stage(Protocol):
     def detector_modules(self) -> dict:
         """``{"fen": ..., "spatial": ...}`` for the test-set selection metric."""
 
-    def export(self, checkpoint_dir, training_info: dict) -> Path:
-        """Write the checkpoints; returns their folder."""
+    def export(self, checkpoint_dir, training_info: dict, card: dict | None = None) -> Path:
+        """Write the checkpoints (``training_info`` and the model ``card`` in their config); returns
+        their folder."""
 
     def describe(self) -> dict:
         """The networks, as recorded in config.json."""
@@ -147,12 +148,12 @@ class Stage1:
     def detector_modules(self):
         return {"fen": self.net.fen, "spatial": None}
 
-    def export(self, checkpoint_dir, training_info: dict) -> Path:
+    def export(self, checkpoint_dir, training_info: dict, card: dict | None = None) -> Path:
         """``convh.pt``, ``enc.pt``, ``pc.pt`` in ``<checkpoint_dir>/<C>bands/``; their config also
         records how the FEN was trained."""
         folder = band_folder(checkpoint_dir, self.channels)
         with OutputFolder(folder, "`checkpoint_dir`", "the checkpoints") as staging:
-            save_fen(staging, self.net.fen, training_info, self.wavelengths)
+            save_fen(staging, self.net.fen, training_info, self.wavelengths, card)
         return folder
 
     def describe(self) -> dict:
@@ -245,12 +246,12 @@ class Stage2:
     def detector_modules(self):
         return {"fen": self.fen, "spatial": self.spatial}
 
-    def export(self, checkpoint_dir, training_info: dict) -> Path:
+    def export(self, checkpoint_dir, training_info: dict, card: dict | None = None) -> Path:
         folder = band_folder(checkpoint_dir, self.channels)
         with OutputFolder(folder, "`checkpoint_dir`", "the checkpoints") as staging:
-            save_spatial_branch(staging, self.spatial, training_info, self.wavelengths)
-            save_state(staging / RESTORATION_FILE, self.student.restoration,
-                       model_config(self.channels, None, training_info, self.wavelengths))
+            save_spatial_branch(staging, self.spatial, training_info, self.wavelengths, card)
+            save_restoration(staging, self.student.restoration, self.channels, training_info,
+                             self.wavelengths, card)
         return folder
 
     def describe(self) -> dict:
