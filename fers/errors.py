@@ -70,6 +70,9 @@ def cli_entry(main):
 
     @functools.wraps(main)
     def wrapper(argv=None):
+        from . import profiling
+
+        profiling.start_command(f"{main.__module__}.{main.__name__}")
         console_logging()
         try:
             return main(argv)
@@ -79,5 +82,7 @@ def cli_entry(main):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        finally:
+            profiling.finish_command()
 
     return wrapper
