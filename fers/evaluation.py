@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import detectors
+from . import detectors, tuning
 from .checkpoints import band_folder, load_fen, load_spatial_branch
 from .datasets import Scene
 from .errors import FersError
 from .metrics import auc, mean_ignoring_nan
 from .outputs import OutputFolder, save_mat, write_text
-from .preprocessing import prepare_cube, to_chw
-from .profiling import phase
+from .preprocessing import prepare_cube, to_batch
+from .profiling import mark, phase
 from .results import measure, scene_row, summary, write_results
 from .scene_reader import SceneReader, manifest_entry, read_all
 from .utils import versions
@@ -53,29 +53,24 @@ def inference_copy(module: torch.nn.Module, channels_last: bool = False) -> torc
     return copy.requires_grad_(False)
 
 
-# Scenes per forward pass, by network and device type (absent: the whole batch). Measured on
-# the CPU at 200 bands: the FEN's 72×72 maps stay in cache two scenes at a time, while the
-# spatial branch's 4×4 and 8×8 layers need four scenes to keep the cores busy.
-NETWORK_CHUNK = {"fen": {"cpu": 2}, "spatial": {"cpu": 4}}
-# Scenes carried together through features, fusion and RX by :meth:`Detector.score`: on the CPU a
-# few at a time, so that intermediates stay small enough to reuse freed memory instead of mapping
-# (and page-faulting) fresh hundreds of MiB per batch (measured: a 3-way sum of 100 scenes ran
-# at a third of the speed of the same sum four scenes at a time).
-PIPELINE_CHUNK = {"cpu": 4}
-
-
 class Detector:
     """The trained networks of one band setting and the rules to turn them into anomaly maps.
 
     ``fen`` and/or ``spatial`` may be None: with neither, the detector is plain global RX.
-    ``network_chunk``/``pipeline_chunk``: scenes per forward pass / per pass through the whole
-    pipeline, by device type (defaults ``NETWORK_CHUNK``, ``PIPELINE_CHUNK``).
+    ``network_chunk``/``pipeline_chunk``: scenes per forward pass (``{"fen": {"cpu": 2}, "spatial":
+    {"cpu": 4}}``) / per pass through features, fusion and RX (``{"cpu": 4}``), by device type (a
+    device type not named: the whole batch). Defaults: chosen for this machine's caches and threads
+    (:func:`fers.tuning.network_chunk`, :func:`fers.tuning.pipeline_chunk`); on the CPU the FEN's
+    maps stay in cache a few scenes at a time, the spatial branch's small late layers need a few
+    scenes per thread, and the pipeline's intermediates stay small enough to reuse freed memory
+    instead of page-faulting fresh hundreds of MiB per batch. The scores do not depend on them
+    beyond rounding.
     """
 
     def __init__(self, channels: int, fen=None, spatial=None, device="cpu", fusion="auto",
                  rx_precision="reference", network_chunk: dict | None = None, pipeline_chunk: dict | None = None):
-        self.network_chunk = _copy.deepcopy(NETWORK_CHUNK if network_chunk is None else network_chunk)
-        self.pipeline_chunk = dict(PIPELINE_CHUNK if pipeline_chunk is None else pipeline_chunk)
+        self.network_chunk = _copy.deepcopy(tuning.network_chunk() if network_chunk is None else network_chunk)
+        self.pipeline_chunk = dict(tuning.pipeline_chunk() if pipeline_chunk is None else pipeline_chunk)
         self.channels = channels
         self.device = torch.device(device)
         self.fen = fen.to(self.device).eval() if fen is not None else None
@@ -138,6 +133,8 @@ class Detector:
             return None, None
         if self.fast_inference and self.device.type == "cpu":
             cubes = cubes.contiguous(memory_format=torch.channels_last)
+        else:  # e.g. a channels-last batch of fers.preprocessing.to_batch, on a GPU: as the networks always ran
+            cubes = cubes.contiguous()
 
         def run(name, network):
             if network is None:
@@ -283,8 +280,9 @@ def evaluate(detector: Detector, scenes: list[Scene], band_policy: str = "interp
                                 "and this scene has no ground truth; use --ae_select last or min_loss")
             indices = [item.index for item in batch]
             tick = time.perf_counter()
-            tensor = torch.from_numpy(np.stack([to_chw(item.cube) for item in batch]))
+            tensor = to_batch([item.cube for item in batch])
             del batch[:]  # the items hold the prepared cubes, now copied into the tensor
+            mark("first_batch")
             if detect == "RX":
                 maps = detector.score(tensor)
                 _synchronise(detector.device)

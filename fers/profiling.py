@@ -45,6 +45,7 @@ class Profile:
         self.lock = threading.Lock()
         self.local = threading.local()
         self.phases: dict = {}
+        self.marks: dict = {}
         self.command = None
         self.main_started = None  # perf_counter at the command's main
         age = process_age_seconds()
@@ -83,6 +84,11 @@ class Profile:
             total, count = self.phases.get(key, (0.0, 0))
             self.phases[key] = (total + seconds, count + calls)
 
+    def mark(self, name: str) -> None:
+        """Record when ``name`` first happened (seconds since the process started)."""
+        with self.lock:
+            self.marks.setdefault(name, time.perf_counter())
+
     def start_command(self, command: str) -> None:
         self.command = command
         self.main_started = time.perf_counter()
@@ -103,6 +109,7 @@ class Profile:
             "imports_seconds": main_started - start if start is not None else None,
             "main_seconds": ended - main_started,
             "main_thread_other_seconds": (ended - main_started) - accounted,
+            "marks": {name: (moment - start if start is not None else None) for name, moment in self.marks.items()},
             "phases": threads.get(main_thread, {}),
             "threads": {name: phases for name, phases in threads.items() if name != main_thread},
             "phase_names": list(PHASES),
@@ -136,6 +143,13 @@ def phase(name: str, device=None):
         def synchronise():
             torch.cuda.synchronize(device)
     return _ACTIVE.phase(name, synchronise)
+
+
+def mark(name: str) -> None:
+    """Record, when profiling, the first time ``name`` happens (e.g. ``first_batch``: the first
+    scenes handed to the networks), as seconds since the process started."""
+    if _ACTIVE is not None:
+        _ACTIVE.mark(name)
 
 
 def start_command(command: str) -> None:
