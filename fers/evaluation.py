@@ -249,11 +249,13 @@ def _synchronise(device: torch.device) -> None:
 
 def evaluate(detector: Detector, scenes: list[Scene], band_policy: str = "interp", batch_size: int = 16,
              detect: str = "RX", ae_steps: int = 50, ae_select: str = "last", seed: int = 0,
-             progress: bool = True, log=None) -> Evaluation:
+             progress: bool = True, log=None, reader: SceneReader | None = None) -> Evaluation:
     """Score every scene and compute its AUC, 3D-ROC measures and F1-optimal threshold.
 
-    Scenes are read, validated and hashed on a reader thread (:class:`fers.scene_reader.SceneReader`)
-    while the previous batch is scored; a bad scene raises its error when it is reached."""
+    Scenes are read, validated and hashed on a reader thread (:func:`scene_reader`) while the
+    inference copies are built and each batch is scored; a bad scene raises its error when it is
+    reached (nothing has been written then). ``reader``: that reader for these ``scenes``, already
+    started by the caller (e.g. before loading the checkpoints), else one is made here."""
     if detect not in ("RX", "AE"):
         raise ValueError("detect must be RX or AE")
     n = len(scenes)
@@ -263,18 +265,21 @@ def evaluate(detector: Detector, scenes: list[Scene], band_policy: str = "interp
     seconds = [0.0] * n
     batch_scenes = [1] * n
     extras = [{} for _ in scenes]
-    bands, shapes, manifest, metrics = [""] * n, [None] * n, [None] * n, [None] * n
+    bands, shapes, metrics = [""] * n, [None] * n, [None] * n
     from tqdm import tqdm
 
     bar = tqdm(total=n, desc=f"detect ({detect})", unit="scene", disable=not progress, leave=False)
     started = time.perf_counter()
-    with SceneReader(scenes, detector.channels, band_policy, log, ahead=max(batch_size, 2), hash_files=True) as reader:
+    reader = reader or scene_reader(scenes, detector.channels, band_policy, batch_size, log)
+    with reader:
+        if detector.fast_inference:
+            detector._inference_networks()  # built while the reader reads the first batch
         for batch in _batches(reader, 1 if detect == "AE" else batch_size):
             for item in batch:
                 index = item.index
                 labelled[index] = item.mask is not None
                 masks[index] = item.mask if item.mask is not None else np.zeros(item.cube.shape[:2], bool)
-                bands[index], shapes[index], manifest[index] = item.bands, item.cube.shape[:2], item.manifest
+                bands[index], shapes[index] = item.bands, item.cube.shape[:2]
             if detect == "AE" and ae_select == "oracle" and not labelled[batch[0].index]:
                 raise FersError(f"{batch[0].scene.cube_path}: --ae_select oracle picks the step by ground-truth AUC, "
                                 "and this scene has no ground truth; use --ae_select last or min_loss")
@@ -315,7 +320,14 @@ def evaluate(detector: Detector, scenes: list[Scene], band_policy: str = "interp
     if detect == "AE":
         config.update({"ae_steps": ae_steps, "ae_select": ae_select, "seed": seed,
                        "ae_selection_uses_ground_truth": ae_select == "oracle"})
-    return Evaluation(results, scores, masks, total, config, manifest, labelled)
+    return Evaluation(results, scores, masks, total, config, reader.manifest, labelled)
+
+
+def scene_reader(scenes: list[Scene], channels: int, band_policy: str = "interp", batch_size: int = 16,
+                 log=None) -> SceneReader:
+    """The reader :func:`evaluate` uses: scenes prepared for ``channels`` and hashed for the data
+    manifest, one batch ahead. Start it (``with`` or ``.start()``) to read while doing other work."""
+    return SceneReader(scenes, channels, band_policy, log, ahead=max(batch_size, 2), hash_files=True)
 
 
 def data_manifest(scenes: list[Scene]) -> list[dict]:

@@ -1,9 +1,9 @@
 """Scenes read, validated, prepared and hashed on a background thread while the caller computes.
 
-The evaluation commands used to read every scene before detecting any, then hash every file again
-for the data manifest. :class:`SceneReader` does both in one pass per scene, in manifest order, on
-one thread that stays at most ``ahead`` scenes in front of the consumer (bounded memory), so file
-reading, validation and hashing overlap with the networks and RX. A bad scene raises its
+The evaluation commands used to read every scene before detecting any, then hash every file for
+the data manifest after the detection. :class:`SceneReader` does both on one thread, scene by scene
+in manifest order, at most ``ahead`` scenes in front of the consumer (bounded memory), so reading,
+validation and hashing overlap with checkpoint loading, the networks and RX. A bad scene raises its
 :class:`fers.errors.FersError` in the consumer when the consumer reaches it; the commands write
 their outputs only after the last scene, so nothing is half-written.
 """
@@ -30,26 +30,24 @@ READER_NICE = 5  # the reader thread yields the cores to the networks when both 
 @dataclass
 class PreparedScene:
     """One scene ready for detection: ``cube`` ``(H, W, C)`` float32 (band policy and reference
-    scaling applied), ``mask`` ``(H, W)`` bool or None (unlabelled), the band-policy description and
-    the data-manifest entry (None when hashing was not asked for)."""
+    scaling applied), ``mask`` ``(H, W)`` bool or None (unlabelled) and the band-policy description."""
 
     index: int
     scene: Scene
     cube: np.ndarray
     mask: np.ndarray | None
     bands: str
-    manifest: dict | None
 
 
 def manifest_entry(scene: Scene) -> dict:
     """File names and SHA-256 of a scene's cube and ground truth, recorded with the results."""
-    return {"name": scene.name, "cube": str(scene.cube_path), "cube_sha256": sha256_file(scene.cube_path),
-            "ground_truth": str(scene.gt_path) if scene.gt_path else None,
-            "ground_truth_sha256": sha256_file(scene.gt_path) if scene.gt_path else None}
+    with phase("manifest_hash"):
+        return {"name": scene.name, "cube": str(scene.cube_path), "cube_sha256": sha256_file(scene.cube_path),
+                "ground_truth": str(scene.gt_path) if scene.gt_path else None,
+                "ground_truth_sha256": sha256_file(scene.gt_path) if scene.gt_path else None}
 
 
-def prepare_scene_file(index: int, scene: Scene, channels: int, band_policy: str, log=None,
-                       hash_files: bool = False) -> PreparedScene:
+def prepare_scene_file(index: int, scene: Scene, channels: int, band_policy: str, log=None) -> PreparedScene:
     """Read, validate and prepare one scene (:func:`fers.datasets.load_scene`,
     :func:`fers.preprocessing.prepare_cube`); notes on unlabelled scenes and empty ground truths go to
     ``log`` (a callable taking one line, default the ``fers`` logger)."""
@@ -63,11 +61,7 @@ def prepare_scene_file(index: int, scene: Scene, channels: int, band_policy: str
         # on stdout with the per-scene lines, as the commands always printed it
         (log or _log.info)(f"warning: {scene.cube_path}: the ground truth has no anomaly pixel; its AUC is undefined "
                            "(NaN) and left out of the mean")
-    entry = None
-    if hash_files:
-        with phase("manifest_hash"):
-            entry = manifest_entry(scene)
-    return PreparedScene(index, scene, prepared, mask, description, entry)
+    return PreparedScene(index, scene, prepared, mask, description)
 
 
 _DONE = object()
@@ -76,16 +70,21 @@ _DONE = object()
 class SceneReader:
     """Iterate :class:`PreparedScene` of ``scenes`` in order, prepared on a background thread at most
     ``ahead`` scenes in front of the consumer; an error of the reader is raised by the iteration.
+    With ``hash_files``, each scene's files are hashed after it is handed over (the consumer computes
+    meanwhile); :attr:`manifest` holds the entries, complete once the iteration has ended.
 
-    >>> with SceneReader(scenes, 200, "interp", hash_files=True) as reader:
+    >>> with SceneReader(scenes, 200, "interp", hash_files=True) as reader:   # reading starts here
     ...     for prepared in reader:
     ...         ...
+    ...     reader.manifest
     """
 
     def __init__(self, scenes: list[Scene], channels: int, band_policy: str = "interp", log=None,
                  ahead: int = 16, hash_files: bool = False):
         self.scenes = list(scenes)
-        self.arguments = (channels, band_policy, log, hash_files)
+        self.arguments = (channels, band_policy, log)
+        self.hash_files = hash_files
+        self.manifest: list = [None] * len(self.scenes)
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, ahead))
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._read, name="fers-scene-reader", daemon=True)
@@ -105,22 +104,29 @@ class SceneReader:
             for index, scene in enumerate(self.scenes):
                 if self.stop.is_set() or not self._put(prepare_scene_file(index, scene, *self.arguments)):
                     return
+                if self.hash_files:
+                    self.manifest[index] = manifest_entry(scene)
             self._put(_DONE)
         except BaseException as error:  # handed to the consumer, raised there
             self._put(error)
 
-    def __enter__(self):
-        self.thread.start()
+    def start(self) -> SceneReader:
+        """Start reading (once)."""
+        if self.thread.ident is None:
+            self.thread.start()
         return self
+
+    def __enter__(self):
+        return self.start()
 
     def __exit__(self, *exc):
         self.stop.set()
-        self.thread.join()
+        if self.thread.ident is not None:
+            self.thread.join()
         return False
 
     def __iter__(self):
-        if not self.thread.is_alive() and self.thread.ident is None:
-            self.thread.start()
+        self.start()
         for _ in range(len(self.scenes) + 1):
             with phase("waiting_for_scenes"):
                 item = self.queue.get()
@@ -139,8 +145,6 @@ def _lower_priority() -> None:
         pass
 
 
-def read_all(scenes: list[Scene], channels: int, band_policy: str = "interp", log=None,
-             hash_files: bool = False) -> list[PreparedScene]:
+def read_all(scenes: list[Scene], channels: int, band_policy: str = "interp", log=None) -> list[PreparedScene]:
     """Every scene prepared, in order, in this thread (stop at the first bad one)."""
-    return [prepare_scene_file(index, scene, channels, band_policy, log, hash_files)
-            for index, scene in enumerate(scenes)]
+    return [prepare_scene_file(index, scene, channels, band_policy, log) for index, scene in enumerate(scenes)]

@@ -18,6 +18,7 @@ from conftest import REPO_ROOT, call_main
 from fers import profiling, tuning
 from fers.datasets import had100_manifest
 from fers.evaluation import Detector
+from fers.io import sha256_file
 from fers.metrics import detection_metrics, roc3d_metrics
 from fers.preprocessing import INPUT_SCALE, reference_scaling, to_batch
 from fers.scene_reader import SceneReader
@@ -63,8 +64,8 @@ def test_scene_reader_keeps_order_and_stops_when_left_early(had100_layout):
     with SceneReader(scenes, 50, "interp", log=lambda line: None, ahead=1, hash_files=True) as reader:
         items = list(reader)
     assert [item.index for item in items] == [0, 1, 2]
-    assert [item.manifest["name"] for item in items] == [scene.name for scene in scenes]
-    assert all(len(item.manifest["cube_sha256"]) == 64 for item in items)
+    assert [entry["name"] for entry in reader.manifest] == [scene.name for scene in scenes]
+    assert [entry["cube_sha256"] for entry in reader.manifest] == [sha256_file(s.cube_path) for s in scenes]
     with SceneReader(scenes, 50, "interp", log=lambda line: None, ahead=1) as reader:
         first = next(iter(reader))
     assert first.index == 0 and first.cube.shape == (64, 64, 50)
