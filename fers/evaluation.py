@@ -17,6 +17,7 @@ from . import detectors, tuning
 from .checkpoints import band_folder, load_fen, load_spatial_branch
 from .datasets import Scene
 from .errors import FersError
+from .initialisation import skipped_initialisation
 from .metrics import auc, mean_ignoring_nan
 from .outputs import OutputFolder, save_mat, write_text
 from .preprocessing import prepare_cube, to_batch
@@ -88,7 +89,7 @@ class Detector:
         if branches != "none" and not folder.is_dir():
             raise FersError(f"{folder}: checkpoint folder not found; --checkpoint_dir is the parent of "
                             f"'{channels}bands/' (train the model or put the released files there)")
-        with phase("checkpoints"):
+        with phase("checkpoints"), skipped_initialisation():  # strict loading overwrites every weight
             fen = load_fen(folder, channels) if branches in ("both", "spectral") else None
             spatial = load_spatial_branch(folder, channels) if branches in ("both", "spatial") else None
             return cls(channels, fen, spatial, **options)

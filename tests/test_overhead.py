@@ -199,3 +199,25 @@ def test_mixed_precision_is_refused_on_the_cpu(tmp_path, capsys):
     assert code == 2 and "Traceback" not in err
     assert err.strip().startswith("error: --amp: mixed precision runs on a CUDA device"), err
     assert not (tmp_path / "run").exists()
+
+
+def test_initialisation_is_skipped_only_in_the_loading_thread(random_checkpoints):
+    from fers.checkpoints import band_folder, load_spatial_branch
+    from fers.initialisation import skipped_initialisation
+
+    filled = {}
+
+    def other_thread():
+        filled["other"] = bool(torch.nn.init.ones_(torch.zeros(3)).all())
+
+    with skipped_initialisation():
+        filled["here"] = bool(torch.nn.init.ones_(torch.zeros(3)).all())
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+    assert filled == {"here": False, "other": True}
+    assert bool(torch.nn.init.ones_(torch.zeros(3)).all())  # restored
+    detector = Detector.from_checkpoints(random_checkpoints, 50, "spatial")  # built without initialisation
+    expected = load_spatial_branch(band_folder(random_checkpoints, 50), 50).state_dict()
+    loaded = detector.spatial.state_dict()
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)
