@@ -10,8 +10,9 @@ import torch
 
 from .errors import FersError, ParameterError
 from .preprocessing import minmax_scale
+from . import tuning
 from .rx import (GRAM_BLOCKED_MIN_CHANNELS, NUMPY_PINV_RCOND, RX_CHOLESKY_MAX_CONDITION,  # noqa: F401 (re-exported)
-                 RX_SCENES_PER_CHUNK, batch_statistics, reference_inverse, solve_covariance)
+                 batch_statistics, reference_inverse, solve_covariance)
 
 RX_PRECISIONS = ("reference", "float64", "float32")
 FUSIONS = ("auto", "sum", "product")
@@ -24,7 +25,7 @@ def _as_pixels(cubes: torch.Tensor) -> torch.Tensor:
     return cubes.reshape(n, c, h * w).transpose(1, 2)
 
 
-def _rx_float64(cubes: torch.Tensor, blocked_min_channels: int = GRAM_BLOCKED_MIN_CHANNELS) -> torch.Tensor:
+def _rx_float64(cubes: torch.Tensor, blocked_min_channels: int | None = None) -> torch.Tensor:
     """Float64 RX scores ``(N, P)`` of cubes ``(N, C, H, W)``: :func:`fers.rx.batch_statistics`,
     :func:`fers.rx.solve_covariance`, one triangular solve (or eigen projection) for all pixels.
     The reference's min-max scaling to [0, 1] multiplies every centred value by one constant, which
@@ -34,7 +35,7 @@ def _rx_float64(cubes: torch.Tensor, blocked_min_channels: int = GRAM_BLOCKED_MI
 
 
 def rx_scores(cubes: torch.Tensor, precision: str = "float64", scenes_per_solve: int | None = None,
-              blocked_min_channels: int = GRAM_BLOCKED_MIN_CHANNELS) -> torch.Tensor:
+              blocked_min_channels: int | None = None) -> torch.Tensor:
     """Global RX scores ``(N, H, W)`` for cubes ``(N, C, H, W)`` (a batch of scenes, each with its
     own background statistics).
 
@@ -44,8 +45,9 @@ def rx_scores(cubes: torch.Tensor, precision: str = "float64", scenes_per_solve:
     - ``float32``: the reference's 50-band path, in float32 with ``torch.linalg.pinv``'s default
       cutoff (``max(C, C) × eps32`` relative), which truncates small eigenvalues.
 
-    Tuning (float64): ``scenes_per_solve`` scenes per solve (default ``RX_SCENES_PER_CHUNK`` by
-    device type, else the whole batch); ``blocked_min_channels``: see :func:`fers.rx._gram`.
+    Tuning (float64): ``scenes_per_solve`` scenes per solve (default: on the CPU
+    :func:`fers.tuning.rx_scenes_per_solve`, on a GPU the whole batch); ``blocked_min_channels``:
+    see :func:`fers.rx._gram`. Neither changes the scores beyond rounding.
     """
     if cubes.ndim != 4:
         raise ValueError(f"rx_scores expects (N, C, H, W), got {tuple(cubes.shape)}")
@@ -57,9 +59,10 @@ def rx_scores(cubes: torch.Tensor, precision: str = "float64", scenes_per_solve:
         inverse = reference_inverse(covariance)
         scores = ((centred @ inverse) * centred).sum(-1)
     elif precision == "float64":
-        # On the CPU one scene at a time keeps its float64 working set in cache (measured 1.6×
-        # faster per scene than the whole batch at 64×64×200, and bounded memory); GPUs take the batch.
-        chunk = scenes_per_solve or RX_SCENES_PER_CHUNK.get(cubes.device.type, n)
+        # On the CPU as many scenes as keep their float64 working set in cache (one at 64×64×200:
+        # measured 1.6× faster per scene than the whole batch, and bounded memory); GPUs take the batch.
+        chunk = scenes_per_solve or (tuning.rx_scenes_per_solve(h * w, cubes.shape[1])
+                                     if cubes.device.type == "cpu" else n)
         scores = (torch.cat([_rx_float64(part, blocked_min_channels) for part in cubes.split(chunk)]) if n
                   else _rx_float64(cubes, blocked_min_channels))
     else:

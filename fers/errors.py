@@ -76,6 +76,9 @@ def cli_entry(main):
 
     @functools.wraps(main)
     def wrapper(argv=None):
+        from . import profiling
+
+        profiling.start_command(f"{main.__module__}.{main.__name__}")
         console_logging()
         shown_before, warnings.showwarning = warnings.showwarning, _show_warning
         try:
@@ -88,5 +91,6 @@ def cli_entry(main):
             sys.exit(130)
         finally:
             warnings.showwarning = shown_before
+            profiling.finish_command()
 
     return wrapper

@@ -13,15 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import detectors
+from . import detectors, tuning
 from .checkpoints import band_folder, load_fen, load_spatial_branch
-from .datasets import Scene, load_scene
+from .datasets import Scene
 from .errors import FersError
-from .io import sha256_file
+from .initialisation import skipped_initialisation
 from .metrics import auc, mean_ignoring_nan
 from .outputs import OutputFolder, save_mat, write_text
-from .preprocessing import prepare_cube, to_chw
+from .preprocessing import prepare_cube, to_batch
+from .profiling import mark, phase
 from .results import measure, scene_row, summary, write_results
+from .scene_reader import SceneReader, manifest_entry, read_all
 from .utils import versions
 
 _log = logging.getLogger(__name__)
@@ -52,23 +54,18 @@ def inference_copy(module: torch.nn.Module, channels_last: bool = False) -> torc
     return copy.requires_grad_(False)
 
 
-# Scenes per forward pass, by network and device type (absent: the whole batch). Measured on
-# the CPU at 200 bands: the FEN's 72×72 maps stay in cache two scenes at a time, while the
-# spatial branch's 4×4 and 8×8 layers need four scenes to keep the cores busy.
-NETWORK_CHUNK = {"fen": {"cpu": 2}, "spatial": {"cpu": 4}}
-# Scenes carried together through features, fusion and RX by :meth:`Detector.score`: on the CPU a
-# few at a time, so that intermediates stay small enough to reuse freed memory instead of mapping
-# (and page-faulting) fresh hundreds of MiB per batch (measured: a 3-way sum of 100 scenes ran
-# at a third of the speed of the same sum four scenes at a time).
-PIPELINE_CHUNK = {"cpu": 4}
-
-
 class Detector:
     """The trained networks of one band setting and the rules to turn them into anomaly maps.
 
     ``fen`` and/or ``spatial`` may be None: with neither, the detector is plain global RX.
-    ``network_chunk``/``pipeline_chunk``: scenes per forward pass / per pass through the whole
-    pipeline, by device type (defaults ``NETWORK_CHUNK``, ``PIPELINE_CHUNK``).
+    ``network_chunk``/``pipeline_chunk``: scenes per forward pass (``{"fen": {"cpu": 2}, "spatial":
+    {"cpu": 4}}``) / per pass through features, fusion and RX (``{"cpu": 4}``), by device type (a
+    device type not named: the whole batch). Defaults: chosen for this machine's caches and threads
+    (:func:`fers.tuning.network_chunk`, :func:`fers.tuning.pipeline_chunk`); on the CPU the FEN's
+    maps stay in cache a few scenes at a time, the spatial branch's small late layers need a few
+    scenes per thread, and the pipeline's intermediates stay small enough to reuse freed memory
+    instead of page-faulting fresh hundreds of MiB per batch. The scores do not depend on them
+    beyond rounding.
     ``model_wavelengths``: the C band centres (nm) the networks were trained on (default: those
     their checkpoints record, else unknown), for ``band_policy="wavelength"``.
     """
@@ -82,8 +79,8 @@ class Detector:
                             "stage 2 on this stage 1, or pass `model_wavelengths`")
         self.model_wavelengths = (list(map(float, model_wavelengths)) if model_wavelengths is not None
                                   else list(recorded.pop()) if recorded else None)
-        self.network_chunk = _copy.deepcopy(NETWORK_CHUNK if network_chunk is None else network_chunk)
-        self.pipeline_chunk = dict(PIPELINE_CHUNK if pipeline_chunk is None else pipeline_chunk)
+        self.network_chunk = _copy.deepcopy(tuning.network_chunk() if network_chunk is None else network_chunk)
+        self.pipeline_chunk = dict(tuning.pipeline_chunk() if pipeline_chunk is None else pipeline_chunk)
         self.channels = channels
         self.device = torch.device(device)
         self.fen = fen.to(self.device).eval() if fen is not None else None
@@ -103,9 +100,10 @@ class Detector:
         if branches != "none" and not folder.is_dir():
             raise FersError(f"{folder}: checkpoint folder not found; `checkpoint_dir` is the parent of "
                             f"'{channels}bands/' (train the model or put the released files there)")
-        fen = load_fen(folder, channels) if branches in ("both", "spectral") else None
-        spatial = load_spatial_branch(folder, channels) if branches in ("both", "spatial") else None
-        return cls(channels, fen, spatial, **options)
+        with phase("checkpoints"), skipped_initialisation():  # strict loading overwrites every weight
+            fen = load_fen(folder, channels) if branches in ("both", "spectral") else None
+            spatial = load_spatial_branch(folder, channels) if branches in ("both", "spatial") else None
+            return cls(channels, fen, spatial, **options)
 
     @classmethod
     def from_pretrained(cls, name: str, branches: str | None = None, **options):
@@ -146,8 +144,9 @@ class Detector:
                           for t in (*m.parameters(), *m.buffers()))
         if getattr(self, "_inference_signature", None) != signature:
             channels_last = self.device.type == "cpu"
-            self._inference_copies = tuple(inference_copy(m, channels_last) if m is not None else None
-                                           for m in networks)
+            with phase("inference_copies"):
+                self._inference_copies = tuple(inference_copy(m, channels_last) if m is not None else None
+                                               for m in networks)
             self._inference_signature = signature
         return self._inference_copies
 
@@ -159,6 +158,8 @@ class Detector:
             return None, None
         if self.fast_inference and self.device.type == "cpu":
             cubes = cubes.contiguous(memory_format=torch.channels_last)
+        else:  # e.g. a channels-last batch of fers.preprocessing.to_batch, on a GPU: as the networks always ran
+            cubes = cubes.contiguous()
 
         def run(name, network):
             if network is None:
@@ -178,8 +179,10 @@ class Detector:
         for part in cubes.split(max(1, chunk)):
             if self.fast_inference and self.device.type == "cpu":
                 part = part.contiguous(memory_format=torch.channels_last)
-            spectral, spatial = self.features(part)
-            maps.append(detectors.fused_scores(part, spectral, spatial, self.fusion, self.rx_precision))
+            with phase("networks", self.device):
+                spectral, spatial = self.features(part)
+            with phase("rx", self.device):
+                maps.append(detectors.fused_scores(part, spectral, spatial, self.fusion, self.rx_precision))
         return torch.cat(maps) if len(maps) != 1 else maps[0]
 
     def default_background(self) -> str:
@@ -276,31 +279,19 @@ def load_inputs(scenes: list[Scene], channels: int, band_policy: str, log=None):
     run before anything is written. Returns ``(cubes (H, W, C) float32, masks, band descriptions)``;
     the mask of an unlabelled scene is None. Notes and warnings go to ``log`` (a callable taking
     one line), by default the ``fers`` logger."""
-    cubes, masks, bands = [], [], []
-    for scene in scenes:
-        cube, mask = load_scene(scene)
-        prepared, description = prepare_cube(cube, channels, band_policy, str(scene.cube_path))
-        cubes.append(prepared)
-        masks.append(mask)
-        bands.append(description)
-        if mask is None:
-            (log or _log.info)(f"note: {scene.cube_path}: no ground truth (no 2-D array of the scene's size in the file); "
-                "detection only, its metrics are NaN and left out of the means")
-        elif not mask.any():
-            # on stdout with the per-scene lines, as the commands always printed it
-            (log or _log.info)(f"warning: {scene.cube_path}: the ground truth has no anomaly pixel; its AUC is undefined (NaN) "
-                "and left out of the mean")
-    return cubes, masks, bands
+    prepared = read_all(scenes, channels, band_policy, log)
+    return [p.cube for p in prepared], [p.mask for p in prepared], [p.bands for p in prepared]
 
 
-def _batches(cubes: list, batch_size: int):
-    """Index lists of consecutive scenes with equal shapes, at most ``batch_size`` long."""
+def _batches(prepared, batch_size: int):
+    """Lists of consecutive :class:`PreparedScene` with equal shapes, at most ``batch_size`` long,
+    from a stream of them (a batch is yielded as soon as the next scene cannot join it)."""
     batch = []
-    for index, cube in enumerate(cubes):
-        if batch and (len(batch) == batch_size or cubes[batch[0]].shape != cube.shape):
+    for item in prepared:
+        if batch and (len(batch) == batch_size or batch[0].cube.shape != item.cube.shape):
             yield batch
             batch = []
-        batch.append(index)
+        batch.append(item)
     if batch:
         yield batch
 
@@ -312,67 +303,90 @@ def _synchronise(device: torch.device) -> None:
 
 def evaluate(detector: Detector, scenes: list[Scene], band_policy: str = "interp", batch_size: int = 16,
              detect: str = "RX", ae_steps: int = 50, ae_select: str = "last", seed: int = 0,
-             progress: bool = True, log=None) -> Evaluation:
-    """Score every scene and compute its AUC, 3D-ROC measures and F1-optimal threshold."""
+             progress: bool = True, log=None, reader: SceneReader | None = None) -> Evaluation:
+    """Score every scene and compute its AUC, 3D-ROC measures and F1-optimal threshold.
+
+    Scenes are read, validated and hashed on a reader thread (:func:`scene_reader`) while the
+    inference copies are built and each batch is scored; a bad scene raises its error when it is
+    reached (nothing has been written then). ``reader``: that reader for these ``scenes``, already
+    started by the caller (e.g. before loading the checkpoints), else one is made here."""
     if detect not in ("RX", "AE"):
         raise ValueError("detect must be RX or AE")
-    cubes, masks, bands = load_inputs(scenes, detector.channels, band_policy, log)
-    labelled = [mask is not None for mask in masks]
-    if detect == "AE" and ae_select == "oracle" and not all(labelled):
-        unlabelled = scenes[labelled.index(False)].cube_path
-        raise FersError(f"{unlabelled}: `ae_select` oracle picks the step by ground-truth AUC, and this scene has "
-                        "no ground truth; use `ae_select` last or min_loss")
-    masks = [mask if mask is not None else np.zeros(cube.shape[:2], bool) for mask, cube in zip(masks, cubes)]
-    scores: list = [None] * len(scenes)
-    seconds = [0.0] * len(scenes)
-    batch_scenes = [1] * len(scenes)
+    n = len(scenes)
+    scores: list = [None] * n
+    masks: list = [None] * n
+    labelled = [False] * n
+    seconds = [0.0] * n
+    batch_scenes = [1] * n
     extras = [{} for _ in scenes]
+    bands, shapes, metrics = [""] * n, [None] * n, [None] * n
     from tqdm import tqdm
 
-    bar = tqdm(total=len(scenes), desc=f"detect ({detect})", unit="scene", disable=not progress, leave=False)
+    bar = tqdm(total=n, desc=f"detect ({detect})", unit="scene", disable=not progress, leave=False)
     started = time.perf_counter()
-    for batch in _batches(cubes, 1 if detect == "AE" else batch_size):
-        tick = time.perf_counter()
-        tensor = torch.from_numpy(np.stack([to_chw(cubes[i]) for i in batch]))
-        if detect == "RX":
-            maps = detector.score(tensor)
-            _synchronise(detector.device)
-            maps = maps.cpu().numpy()
-        else:
-            index = batch[0]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                ae_map, info = detectors.autoencoder_scores(detector.enhanced(tensor), steps=ae_steps, seed=seed,
-                                                            select=ae_select, mask=masks[index], auc_fn=auc)
-            maps = ae_map.cpu().numpy()[None]
-            extras[index] = info
-        elapsed = (time.perf_counter() - tick) / len(batch)
-        for slot, index in enumerate(batch):
-            scores[index] = np.asarray(maps[slot], dtype=np.float64)
-            seconds[index] = elapsed
-            batch_scenes[index] = len(batch)
-        bar.update(len(batch))
+    reader = reader or scene_reader(scenes, detector.channels, band_policy, batch_size, log)
+    with reader:
+        if detector.fast_inference:
+            detector._inference_networks()  # built while the reader reads the first batch
+        for batch in _batches(reader, 1 if detect == "AE" else batch_size):
+            for item in batch:
+                index = item.index
+                labelled[index] = item.mask is not None
+                masks[index] = item.mask if item.mask is not None else np.zeros(item.cube.shape[:2], bool)
+                bands[index], shapes[index] = item.bands, item.cube.shape[:2]
+            if detect == "AE" and ae_select == "oracle" and not labelled[batch[0].index]:
+                raise FersError(f"{batch[0].scene.cube_path}: `ae_select` oracle picks the step by ground-truth AUC, "
+                                "and this scene has no ground truth; use `ae_select` last or min_loss")
+            indices = [item.index for item in batch]
+            tick = time.perf_counter()
+            tensor = to_batch([item.cube for item in batch])
+            del batch[:]  # the items hold the prepared cubes, now copied into the tensor
+            mark("first_batch")
+            if detect == "RX":
+                maps = detector.score(tensor)
+                _synchronise(detector.device)
+                maps = maps.cpu().numpy()
+            else:
+                index = indices[0]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    ae_map, info = detectors.autoencoder_scores(detector.enhanced(tensor), steps=ae_steps, seed=seed,
+                                                                select=ae_select, mask=masks[index], auc_fn=auc)
+                maps = ae_map.cpu().numpy()[None]
+                extras[index] = info
+            elapsed = (time.perf_counter() - tick) / len(indices)
+            with phase("metrics"):
+                for slot, index in enumerate(indices):
+                    scores[index] = np.asarray(maps[slot], dtype=np.float64)
+                    seconds[index] = elapsed
+                    batch_scenes[index] = len(indices)
+                    metrics[index] = measure(scores[index], masks[index])
+            bar.update(len(indices))
     bar.close()
     total = time.perf_counter() - started
     results = []
     for index, scene in enumerate(scenes):
-        metrics = measure(scores[index], masks[index])
-        scene_auc = metrics.pop("auc")
-        results.append(SceneResult(scene.name, scene_auc, seconds[index], bands[index], cubes[index].shape[:2],
-                                   metrics, extras[index], labelled[index], batch_scenes[index]))
+        scene_auc = metrics[index].pop("auc")
+        results.append(SceneResult(scene.name, scene_auc, seconds[index], bands[index], shapes[index],
+                                   metrics[index], extras[index], labelled[index], batch_scenes[index]))
     config = {**detector.describe(), "detect": detect, "band_policy": band_policy, "batch_size": batch_size,
               "device": str(detector.device)}
     if detect == "AE":
         config.update({"ae_steps": ae_steps, "ae_select": ae_select, "seed": seed,
                        "ae_selection_uses_ground_truth": ae_select == "oracle"})
-    return Evaluation(results, scores, masks, total, config, data_manifest(scenes), labelled)
+    return Evaluation(results, scores, masks, total, config, reader.manifest, labelled)
+
+
+def scene_reader(scenes: list[Scene], channels: int, band_policy: str = "interp", batch_size: int = 16,
+                 log=None) -> SceneReader:
+    """The reader :func:`evaluate` uses: scenes prepared for ``channels`` and hashed for the data
+    manifest, one batch ahead. Start it (``with`` or ``.start()``) to read while doing other work."""
+    return SceneReader(scenes, channels, band_policy, log, ahead=max(batch_size, 2), hash_files=True)
 
 
 def data_manifest(scenes: list[Scene]) -> list[dict]:
     """File names and SHA-256 of every cube and ground truth, recorded with the results."""
-    return [{"name": scene.name, "cube": str(scene.cube_path), "cube_sha256": sha256_file(scene.cube_path),
-             "ground_truth": str(scene.gt_path) if scene.gt_path else None,
-             "ground_truth_sha256": sha256_file(scene.gt_path) if scene.gt_path else None} for scene in scenes]
+    return [manifest_entry(scene) for scene in scenes]
 
 
 def _stack_or_cells(arrays: list) -> np.ndarray:
@@ -425,7 +439,7 @@ def write_outputs(save_dir, evaluation: Evaluation, run_config: dict, title: str
     if oracle:
         payload["warning"] = "ORACLE: the autoencoder step was chosen by ground-truth AUC (--ae_select oracle)"
     names = [r.name for r in results]
-    with OutputFolder(save_dir) as out:
+    with phase("write_outputs"), OutputFolder(save_dir) as out:
         write_text(out / "each_auc.txt", "".join(f"{r.name}:{r.auc}\n" for r in results)
                    + ("# ORACLE selection (--ae_select oracle)\n" if oracle else ""))
         write_text(out / "test_list.txt", "".join(f"{name}\n" for name in names))

@@ -16,7 +16,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .rx import GRAM_BLOCKED_MIN_CHANNELS
+from .tuning import gram_blocked_min_channels
 
 
 def _layer_macs(module: nn.Module, inputs, output) -> int:
@@ -59,7 +59,7 @@ def network_flops(model: nn.Module, *inputs) -> int:
 def rx_flops(pixels: int, channels: int, solver: str = "cholesky") -> dict:
     """FLOPs of global RX on one scene of ``pixels`` pixels and ``channels`` bands.
 
-    Covariance ``ZᵀZ``: ``2PC²``, or ``≈ 1.5PC²`` from ``GRAM_BLOCKED_MIN_CHANNELS`` bands on (the
+    Covariance ``ZᵀZ``: ``2PC²``, or ``≈ 1.5PC²`` from :func:`fers.tuning.gram_blocked_min_channels` bands on (the
     products fers runs: two diagonal blocks and one off-diagonal block); factorisation: Cholesky
     ``C³/3`` or symmetric eigendecomposition ``≈ 9C³`` (tridiagonalisation plus eigenvectors, Golub &
     Van Loan); scores: the triangular solve ``PC²`` plus the squared norms ``2PC`` (Cholesky) or the
@@ -67,7 +67,7 @@ def rx_flops(pixels: int, channels: int, solver: str = "cholesky") -> dict:
     """
     p, c = pixels, channels
     half = c // 2
-    if c >= GRAM_BLOCKED_MIN_CHANNELS:  # fers computes only three blocks of the symmetric product
+    if c >= gram_blocked_min_channels():  # fers computes only three blocks of the symmetric product
         covariance = 2 * p * (half * half + (c - half) ** 2 + half * (c - half))
     else:
         covariance = 2 * p * c * c

@@ -33,8 +33,6 @@ import math
 import warnings
 
 import numpy as np
-from scipy.stats import rankdata
-
 from .preprocessing import minmax_scale
 
 METRIC_NAMES = ("auc_df", "auc_dtau", "auc_ftau", "auc_td", "auc_bs", "auc_tdbs", "auc_odp", "auc_od",
@@ -49,6 +47,45 @@ def _split(scores, mask):
     return scores, mask
 
 
+class _Ranked:
+    """One scene's scores sorted once, from the highest to the lowest (stable), with the anomaly
+    flags in that order: every measure below reads its thresholds from this one sort. A map that
+    keeps the order (min-max scaling, clipping from above) is applied to the sorted values
+    directly; its ties are at least those of the raw scores, so the counts at the end of each group
+    of equal values are those of a fresh sort of the mapped scores (the same numbers, bitwise)."""
+
+    def __init__(self, scores: np.ndarray, mask: np.ndarray):
+        order = np.argsort(-scores, kind="mergesort")
+        self.values = scores[order]
+        self.labels = mask[order]
+        self.positives = int(mask.sum())
+        self.negatives = mask.size - self.positives
+        self.hits = np.cumsum(self.labels)
+        self.alarms = np.cumsum(~self.labels)
+
+    def curve(self, values: np.ndarray | None = None):
+        """``(false_alarm_rate, detection_rate, thresholds)`` of :func:`roc_curve` for the sorted
+        ``values`` (default: the scores), one threshold per group of equal values."""
+        values = self.values if values is None else values
+        last_of_each = np.r_[np.nonzero(np.diff(values))[0], values.size - 1]
+        detection = np.r_[0.0, self.hits[last_of_each] / max(self.positives, 1)]
+        false_alarm = np.r_[0.0, self.alarms[last_of_each] / max(self.negatives, 1)]
+        thresholds = np.r_[np.inf, values[last_of_each]]
+        return false_alarm, detection, thresholds
+
+    def auc(self) -> float:
+        """Mann-Whitney AUC from the average ranks of tied groups (exact: half-integers)."""
+        if np.isnan(self.values).any():
+            return math.nan  # as the rank statistic of NaN scores
+        n = self.values.size
+        ends = np.r_[np.nonzero(np.diff(self.values))[0], n - 1]
+        starts = np.r_[0, ends[:-1] + 1]
+        average_rank = n - (starts + ends) / 2.0  # ascending ranks of a descending group, averaged
+        anomalies = np.diff(np.r_[0, self.hits[ends]])
+        positives, negatives = self.positives, self.negatives
+        return float(((average_rank * anomalies).sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
 def auc(scores, mask) -> float:
     """Area under the ROC curve of ``scores`` against the boolean ``mask`` (Mann-Whitney U,
     ties counted ½). NaN, with a warning, when the mask has no anomaly or no background pixel."""
@@ -59,23 +96,13 @@ def auc(scores, mask) -> float:
         warnings.warn("AUC undefined: the ground truth has no "
                       + ("anomaly" if positives == 0 else "background") + " pixel", RuntimeWarning, stacklevel=2)
         return math.nan
-    ranks = rankdata(scores)
-    return float((ranks[mask].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+    return _Ranked(scores, mask).auc()
 
 
 def roc_curve(scores, mask):
     """``(false_alarm_rate, detection_rate, thresholds)`` with one threshold per unique score,
     from the highest threshold (plus a point above it: (0, 0)) to the lowest (1, 1)."""
-    scores, mask = _split(scores, mask)
-    order = np.argsort(-scores, kind="mergesort")
-    sorted_scores = scores[order]
-    hits = np.cumsum(mask[order])
-    alarms = np.cumsum(~mask[order])
-    last_of_each = np.r_[np.nonzero(np.diff(sorted_scores))[0], scores.size - 1]
-    detection = np.r_[0.0, hits[last_of_each] / max(mask.sum(), 1)]
-    false_alarm = np.r_[0.0, alarms[last_of_each] / max((~mask).sum(), 1)]
-    thresholds = np.r_[np.inf, sorted_scores[last_of_each]]
-    return false_alarm, detection, thresholds
+    return _Ranked(*_split(scores, mask)).curve()
 
 
 def roc3d_metrics(scores, mask, adaptive: bool = False) -> dict:
@@ -89,10 +116,14 @@ def roc3d_metrics(scores, mask, adaptive: bool = False) -> dict:
         warnings.warn("3D-ROC undefined: the ground truth has no anomaly or no background pixel",
                       RuntimeWarning, stacklevel=2)
         return {name: math.nan for name in METRIC_NAMES}
+    return _roc3d(_Ranked(scores, mask), scores, mask, adaptive)
+
+
+def _roc3d(ranked: _Ranked, scores: np.ndarray, mask: np.ndarray, adaptive: bool) -> dict:
+    values = ranked.values
     if adaptive:
-        scores = np.minimum(scores, np.median(scores[mask]))
-    scaled = minmax_scale(scores)
-    false_alarm, detection, thresholds = roc_curve(scaled, mask)
+        values = np.minimum(values, np.median(scores[mask]))
+    false_alarm, detection, thresholds = ranked.curve(minmax_scale(values))
     # Probabilities as functions of τ over [0, 1], from τ = 0 (P = 1) to τ = 1.
     tau = thresholds[1:][::-1]
     pd_tau = detection[1:][::-1]
@@ -116,11 +147,13 @@ def roc3d_metrics(scores, mask, adaptive: bool = False) -> dict:
 def f1_optimal_threshold(scores, mask) -> dict:
     """The threshold on the scores that maximises F1 (``s ≥ threshold`` is an anomaly), and its F1,
     precision and recall."""
-    scores, mask = _split(scores, mask)
-    false_alarm, detection, thresholds = roc_curve(scores, mask)
-    positives = mask.sum()
-    true_pos = detection * positives
-    false_pos = false_alarm * (mask.size - positives)
+    return _f1(_Ranked(*_split(scores, mask)))
+
+
+def _f1(ranked: _Ranked) -> dict:
+    false_alarm, detection, thresholds = ranked.curve()
+    true_pos = detection * ranked.positives
+    false_pos = false_alarm * ranked.negatives
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(true_pos + false_pos > 0, true_pos / (true_pos + false_pos), 0.0)
         f1 = np.where(precision + detection > 0, 2 * precision * detection / (precision + detection), 0.0)
@@ -147,11 +180,12 @@ def detection_metrics(scores, mask, adaptive: bool = False) -> dict:
         names = ("auc",) + METRIC_NAMES + ("f1", "f1_threshold")
         names += tuple(f"adaptive_{name}" for name in METRIC_NAMES) if adaptive else ()
         return {name: math.nan for name in names}
-    row = {"auc": auc(scores, mask), **roc3d_metrics(scores, mask)}
-    best = f1_optimal_threshold(scores, mask)
+    ranked = _Ranked(scores, mask)  # one sort for every measure
+    row = {"auc": ranked.auc(), **_roc3d(ranked, scores, mask, adaptive=False)}
+    best = _f1(ranked)
     row.update({"f1": best["f1"], "f1_threshold": best["threshold"]})
     if adaptive:
-        row.update({f"adaptive_{name}": value for name, value in roc3d_metrics(scores, mask, adaptive=True).items()})
+        row.update({f"adaptive_{name}": value for name, value in _roc3d(ranked, scores, mask, adaptive=True).items()})
     return row
 
 

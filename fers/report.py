@@ -45,6 +45,14 @@ def _pyplot():
     return plt
 
 
+def preload_in_background() -> None:
+    """Import matplotlib on a background thread (about half a second of start-up) while the caller
+    computes: the networks release the interpreter, so the import costs the command no wall time."""
+    import threading
+
+    threading.Thread(target=_pyplot, name="fers-preload-matplotlib", daemon=True).start()
+
+
 def _save(figure, path) -> None:
     plt = _pyplot()
     with atomic_path(path) as tmp:

@@ -22,19 +22,26 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import tuning
+
 NUMPY_PINV_RCOND = 1e-15  # np.linalg.pinv's default cutoff, relative to the largest singular value
 RX_CHOLESKY_MAX_CONDITION = 1e10  # estimated condition number above which RX takes the eigen (pinv) path
-GRAM_BLOCKED_MIN_CHANNELS = 128  # below this, two half-size products are slower than one (measured)
-RX_SCENES_PER_CHUNK = {"cpu": 1}  # float64 RX: scenes per solve by device type (absent = whole batch)
+# Default band count from which the covariance is blocked (below it one product is faster; measured
+# on the VM of the first benchmarks); fers.tuning.gram_blocked_min_channels() is what runs use (this,
+# or the value `python -m fers.tuning --calibrate` measured and cached for the machine).
+GRAM_BLOCKED_MIN_CHANNELS = 128
 
 
 # --------------------------------------------------------------------------- performance kernels
 
 
-def _gram(rows: torch.Tensor, blocked_min_channels: int = GRAM_BLOCKED_MIN_CHANNELS) -> torch.Tensor:
-    """``rows @ rowsᵀ`` for ``(N, C, P)``. From ``blocked_min_channels`` channels on, only the
-    two diagonal blocks and one off-diagonal block are multiplied (3/4 of the products; the matrix
-    is symmetric), which BLAS's general product cannot know."""
+def _gram(rows: torch.Tensor, blocked_min_channels: int | None = None) -> torch.Tensor:
+    """``rows @ rowsᵀ`` for ``(N, C, P)``. From ``blocked_min_channels`` channels on (default:
+    :func:`fers.tuning.gram_blocked_min_channels`), only the two diagonal blocks and one
+    off-diagonal block are multiplied (3/4 of the products; the matrix is symmetric), which BLAS's
+    general product cannot know."""
+    if blocked_min_channels is None:
+        blocked_min_channels = tuning.gram_blocked_min_channels()
     n, c, _ = rows.shape
     if c < blocked_min_channels:
         return rows @ rows.mT
@@ -62,7 +69,7 @@ def _inverse_norm_estimate(factor: torch.Tensor, probes: int = 4, steps: int = 2
 # --------------------------------------------------------------------------- statistics
 
 
-def batch_statistics(cubes: torch.Tensor, blocked_min_channels: int = GRAM_BLOCKED_MIN_CHANNELS):
+def batch_statistics(cubes: torch.Tensor, blocked_min_channels: int | None = None):
     """``(centred (N, C, P), covariance (N, C, C))`` in float64 of cubes ``(N, C, H, W)``.
 
     ``centred`` is RX's own pixel-major (channels-last) float64 copy: a triangular solve then reads

@@ -19,7 +19,7 @@ import torch
 
 from .rx import reference_inverse, rx_statistics, solve_covariance
 from .preprocessing import CHUNK_BYTES as PREPARE_CHUNK_BYTES
-from .preprocessing import chunk_rows, minmax_scale, prepare_cube, to_chw
+from .preprocessing import chunk_rows, minmax_scale, prepare_cube, to_batch, to_chw
 
 BACKGROUNDS = ("tile", "global")
 CHUNK_BYTES = PREPARE_CHUNK_BYTES  # float64 working set of one row chunk
@@ -240,8 +240,7 @@ def _tile_batches(grid: TileGrid, batch_size: int):
 
 def _tile_tensor(cube: np.ndarray, batch, grid: TileGrid) -> torch.Tensor:
     """``(N, C, tile_rows, tile_cols)`` float32 tensor of the batch's tiles."""
-    return torch.from_numpy(np.stack([to_chw(cube[row:row + grid.tile_rows, col:col + grid.tile_cols])
-                                      for row, col, _ in batch]))
+    return to_batch([cube[row:row + grid.tile_rows, col:col + grid.tile_cols] for row, col, _ in batch])
 
 
 def detect_scene(detector, cube: np.ndarray, tile: int = 64, overlap: int = 16, background: str = "tile",

@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+# Tests use the tuning rules, never a calibration cached for the machine (python -m fers.tuning --calibrate)
+os.environ.setdefault("FERS_TUNING_CACHE", "off")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FERS_SHARED_DIR", REPO_ROOT.parent / "shared"))
 ABU_DIR = SHARED / "data" / "abu"

@@ -136,6 +136,9 @@ def main(argv=None):
           + f"; {len(grid)} tile(s) of "
           f"{grid.tile_rows}×{grid.tile_cols}, {background} RX background; branches={detector.branches}, "
           f"fusion={detector.fusion}, rx_precision={detector.rx_precision}, device={device}")
+    from ..report import preload_in_background, save_heatmap
+
+    preload_in_background()  # the heat map's matplotlib loads while the networks run
     scores = detect_scene(detector, prepared, args.tile, args.overlap, background, args.batch_size,
                           progress=not args.no_progress)
     seconds = time.perf_counter() - started
@@ -147,8 +150,6 @@ def main(argv=None):
                     labelled=mask is not None, band_mapping=mapping.record())
     config = {**vars(args), **detector.describe(), "device": str(device), "ground_truth": gt_source,
               "cube_layout_used": layout_used, "tile_rows": grid.tile_rows, "tile_cols": grid.tile_cols}
-    from ..report import save_heatmap
-
     with OutputFolder(args.save_dir) as out:
         save_npy(out / f"{name}_scores.npy", scores)
         save_mat(out / f"{name}_scores.mat", {"scores": scores})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..datasets import HAD100_SENSOR, abu_manifest, had100_manifest
 from ..errors import cli_entry
-from ..evaluation import Detector, evaluate, summary_lines, write_outputs
+from ..evaluation import Detector, evaluate, scene_reader, summary_lines, write_outputs
 from ..outputs import check_writable_dir
 from ..utils import REPO_ROOT, default_threads, resolve_device
 from .common import add_layout_argument, add_model_arguments, check_positive, cube_layout, resolve_model_arguments
@@ -17,13 +17,14 @@ def _run(args, scenes, title: str, detect: str = "RX"):
     default_threads()
     check_writable_dir(args.save_dir)
     device = resolve_device(args.device)
-    detector = Detector.from_checkpoints(args.checkpoint_dir, args.input_channel, args.branches, device=device,
-                                         fusion=args.fusion, rx_precision=args.rx_precision)
-    print(f"{title}: {len(scenes)} scenes, {args.input_channel} bands, branches={detector.branches}, "
-          f"fusion={detector.fusion}, rx_precision={detector.rx_precision}, device={device}")
-    evaluation = evaluate(detector, scenes, args.band_policy, args.batch_size, detect=detect,
-                          ae_steps=getattr(args, "ae_steps", 50), ae_select=getattr(args, "ae_select", "last"),
-                          seed=getattr(args, "seed", 0), progress=not args.no_progress)
+    with scene_reader(scenes, args.input_channel, args.band_policy, args.batch_size) as reader:  # reads meanwhile
+        detector = Detector.from_checkpoints(args.checkpoint_dir, args.input_channel, args.branches, device=device,
+                                             fusion=args.fusion, rx_precision=args.rx_precision)
+        print(f"{title}: {len(scenes)} scenes, {args.input_channel} bands, branches={detector.branches}, "
+              f"fusion={detector.fusion}, rx_precision={detector.rx_precision}, device={device}")
+        evaluation = evaluate(detector, scenes, args.band_policy, args.batch_size, detect=detect,
+                              ae_steps=getattr(args, "ae_steps", 50), ae_select=getattr(args, "ae_select", "last"),
+                              seed=getattr(args, "seed", 0), progress=not args.no_progress, reader=reader)
     run_config = {key: value for key, value in vars(args).items()}
     write_outputs(args.save_dir, evaluation, run_config, title)
     if getattr(args, "report", False):

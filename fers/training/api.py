@@ -179,6 +179,9 @@ def train(config: TrainConfig | dict | None = None, /, *, given: set | None = No
     config = config.replace(**{name: absolute(getattr(config, name)) for name in PATH_FIELDS})
     dist = setup_distributed(config.device)
     try:
+        if config.amp and dist.device.type != "cuda":
+            raise ParameterError(f"`amp`: mixed precision runs on a CUDA device, and this run uses {dist.device}; "
+                                 "drop `amp` (CPU training stays float32)")
         if config.resume:
             run_dir = Path(absolute(config.resume))
             recorded = read_run_config(run_dir)

@@ -55,6 +55,9 @@ class TrainConfig:
                                   "parent folder of <C>bands/: stage 1 writes convh.pt, enc.pt, pc.pt there, stage 2 "
                                   "reads them and writes spa_fen.pt and restoration.pt (default: %(default)s)")
     device: str = setting("auto", "auto = CUDA if available, else CPU (default %(default)s)", choices=DEVICES)
+    amp: bool = setting(False, "mixed precision on a CUDA device: the forward passes and losses under autocast "
+                               "(bfloat16, or float16 with loss scaling where the GPU lacks bfloat16); off by default "
+                               "(float32, as the reference); refused on the CPU")
     epochs: int = setting(60, "epochs (reference: %(default)s)")
     batch_size: int = setting(16, "crops per step, summed over all processes under torchrun (reference: %(default)s)")
     img_size: int = setting(64, "crop size, a multiple of 8 (reference: %(default)s)")

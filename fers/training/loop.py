@@ -77,6 +77,7 @@ class TrainingOptions:
     log_test_auc: bool = DEFAULTS.log_test_auc
     progress: bool = not DEFAULTS.no_progress
     data_order: str = "seeded"  # seeded | reference (the reference's shuffling DataLoader)
+    amp: bool = False  # autocast on a CUDA device (fers.training.config: amp)
     protocol: dict | None = None  # resolved settings (fers.reference.resolve_protocol), recorded
 
     @classmethod
@@ -85,7 +86,7 @@ class TrainingOptions:
         return cls(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, betas=tuple(config.betas),
                    seed=settings["seed"], selection=settings["selection"], val_fraction=config.val_fraction,
                    log_test_auc=config.log_test_auc, progress=not config.no_progress,
-                   data_order=settings["data_order"], protocol=settings)
+                   data_order=settings["data_order"], protocol=settings, amp=config.amp)
 
 
 def _batches(indices: np.ndarray, batch_size: int, world_size: int):
@@ -95,6 +96,60 @@ def _batches(indices: np.ndarray, batch_size: int, world_size: int):
         batch = indices[start:start + batch_size]
         if len(batch) >= world_size:
             yield batch
+
+
+# The training crops go to a GPU once when they take at most this share of its free memory: each
+# batch is then gathered there instead of in host memory and copied every step.
+DEVICE_DATA_SHARE = 0.25
+
+
+def _batch_source(crops: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Where batches are gathered from: the crops on the GPU when they fit (see
+    :data:`DEVICE_DATA_SHARE`), else in host memory (always on the CPU). Same values either way."""
+    if device.type != "cuda":
+        return crops
+    free, _ = torch.cuda.mem_get_info(device)
+    if crops.numel() * crops.element_size() > DEVICE_DATA_SHARE * free:
+        logger.info(f"training crops ({crops.numel() * crops.element_size() / 2 ** 30:.1f} GiB) stay in host "
+                    "memory (more than a quarter of the GPU's free memory): each batch is copied per step")
+        return crops
+    return crops.to(device)
+
+
+class MixedPrecision:
+    """Autocast for the training forward pass and loss on a CUDA device, with a gradient scaler for
+    float16 (bfloat16 needs none); off: plain float32 steps."""
+
+    def __init__(self, enabled: bool, device: torch.device):
+        self.enabled = enabled and device.type == "cuda"
+        self.dtype = None
+        self.scaler = None
+        if self.enabled:
+            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            if self.dtype == torch.float16:
+                self.scaler = torch.amp.GradScaler("cuda")
+        self.device_type = device.type
+
+    def autocast(self):
+        import contextlib
+
+        return torch.autocast(self.device_type, dtype=self.dtype) if self.enabled else contextlib.nullcontext()
+
+    def step(self, total: torch.Tensor, optimizer) -> None:
+        if self.scaler is None:
+            total.backward()
+            optimizer.step()
+        else:
+            self.scaler.scale(total).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+    def state_dict(self) -> dict | None:
+        return self.scaler.state_dict() if self.scaler is not None else None
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
 
 
 def _mean_loss(stage, crops: torch.Tensor, indices: np.ndarray, batch_size: int, device) -> float:
@@ -126,7 +181,8 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
         raise ParameterError(f"`selection` {options.selection}: choose one of {', '.join(SELECTIONS)}")
     run_dir = Path(run_dir)
     device = dist.device
-    crops = torch.from_numpy(data.crops)
+    crops = _batch_source(torch.from_numpy(data.crops), device)
+    precision = MixedPrecision(options.amp, device)
     if options.selection == "val_loss":
         train_indices, held_out = split_held_out(len(crops), options.val_fraction, options.seed)
     else:
@@ -149,6 +205,7 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
         for name, module in stage.modules().items():  # older state files hold every entry
             module.load_state_dict({**frozen.get(name, {}), **state["modules"][name]})
         optimizer.load_state_dict(state["optimizer"])
+        precision.load_state_dict(state.get("grad_scaler"))
         restore_rng_states(state["rng"], order)
         start_epoch, history, best = state["epoch"], list(state["history"]), state.get("best")
         if dist.is_main:
@@ -177,9 +234,9 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
                 local = batch[dist.rank::dist.world_size]
                 x = crops[local].to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
-                total, terms = stage.loss(x)
-                total.backward()
-                optimizer.step()
+                with precision.autocast():
+                    total, terms = stage.loss(x)
+                precision.step(total, optimizer)
                 sums["loss"] += total.item() * len(local)
                 for name, value in terms.items():
                     sums[name] += value.item() * len(local)
@@ -213,6 +270,8 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
                                        for name, m in stage.modules().items()},
                            "frozen_sha256": frozen_sha256,
                            "optimizer": optimizer.state_dict(), "rng": rng_states(order)}
+                if precision.scaler is not None:
+                    payload["grad_scaler"] = precision.state_dict()
                 with write_errors(run_dir, "`run_dir`", f" and continue with `resume` {run_dir},"):
                     atomic_torch_save(run_dir / STATE_FILE, payload)
                     write_text(run_dir / LOG_FILE, "".join(json.dumps(r) + "\n" for r in history))
