@@ -429,18 +429,18 @@ def test_stage1_selection_metric_is_float64_rx_of_x_plus_p1_at_every_band_count(
 
 
 def test_the_test_set_is_read_once_per_run(had100_layout, tmp_path, monkeypatch):
-    from fers import evaluation, io
+    from fers import io, scene_reader
     from fers.datasets import had100_manifest
     from fers.selection import TestSelectionSet
     from fers.training import Distributed, TrainingOptions, fit
     from fers.training_data import TrainingData
 
     reads = []
-    original = evaluation.load_scene
-    monkeypatch.setattr(evaluation, "load_scene", lambda scene: reads.append(scene.name) or original(scene))
+    original = scene_reader.load_scene  # scenes are read and hashed by fers.scene_reader
+    monkeypatch.setattr(scene_reader, "load_scene", lambda scene: reads.append(scene.name) or original(scene))
     hashes = []
     original_hash = io.sha256_file
-    for module in (io, evaluation):
+    for module in (io, scene_reader):
         monkeypatch.setattr(module, "sha256_file", lambda path: hashes.append(path) or original_hash(path))
     test_set = TestSelectionSet(had100_manifest(had100_layout), 8)
     assert len(reads) == 3
