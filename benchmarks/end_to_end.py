@@ -47,14 +47,14 @@ PHASES = ("imports", "checkpoints", "inference_copies", "read_validate", "manife
           "metrics", "write_outputs", "waiting_for_scenes", "other")
 
 
-def prepare(work: Path, checkpoint_dir: str | None) -> dict:
-    """The files the cases read: 99 crops (and a 20-crop subset for compare.py), checkpoints."""
+def prepare(work: Path, checkpoint_dir: str | None, scenes: int = CROPS) -> dict:
+    """The files the cases read: the crops (and a 20-crop subset for compare.py), checkpoints."""
     from real_crops import write_crops, shared_abu_dir
 
-    crops = work / "crops"
-    if len(list((crops / "test" / "aviris_ng").glob("*.npy"))) != CROPS:
-        write_crops(crops, CROPS)
-    subset = work / "crops20"
+    crops = work / f"crops{scenes}"
+    if len(list((crops / "test" / "aviris_ng").glob("*.npy"))) != scenes:
+        write_crops(crops, scenes)
+    subset = work / f"crops{scenes}-compare"
     if not (subset / "test").is_dir():
         for kind, suffix in (("test", ".npy"), ("ground_truth", ".png")):
             (subset / kind / "aviris_ng").mkdir(parents=True, exist_ok=True)
@@ -136,7 +136,10 @@ def phase_seconds(profile: dict) -> dict:
 
 def compute_only(args) -> None:
     """In-process compute of test.py: Detector.score over the scenes in batches of 16 (median of
-    ``--compute_rounds`` after a warm-up); prints one JSON line."""
+    ``--compute_rounds`` after a warm-up); prints one JSON line. OpenMP waits as in the commands."""
+    from fers.tuning import configure_openmp
+
+    configure_openmp()
     import numpy as np
     import torch
 
@@ -161,6 +164,7 @@ def compute_only(args) -> None:
         run()
         times.append(time.perf_counter() - started)
     print(json.dumps({"seconds": statistics.median(times), "times": times, "scenes": len(cubes),
+                      "openmp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                       "threads": torch.get_num_threads(), "numpy": np.__version__}))
 
 
@@ -171,6 +175,7 @@ def main(argv=None) -> int:
                         "(default: a temporary folder, removed afterwards)")
     parser.add_argument("--checkpoint_dir", default=None, help="checkpoints to use (default: random-init ones)")
     parser.add_argument("--quick", action="store_true", help="only start-up, test.py, the reference and compute")
+    parser.add_argument("--scenes", type=int, default=CROPS, help="crops (default %(default)s; fewer: a smoke run)")
     parser.add_argument("--output", default=str(BENCHMARKS / "results" / "end_to_end.json"))
     parser.add_argument("--compute_only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data_path", default=None, help=argparse.SUPPRESS)
@@ -183,7 +188,7 @@ def main(argv=None) -> int:
 
     temporary = None if args.work else tempfile.TemporaryDirectory(prefix="fers-e2e-")
     work = Path(args.work or temporary.name)
-    files = prepare(work, args.checkpoint_dir)
+    files = prepare(work, args.checkpoint_dir, args.scenes)
     table = cases(files, work, args.quick)
     info = machine("cpu")
     print(f"end-to-end benchmark on {info['cpu']}, {info['cores']} cores, load average {info['load_average']}; "
@@ -240,7 +245,7 @@ def main(argv=None) -> int:
     for target, met in summary["targets"].items():
         print(f"target {target}: {'met' if met else 'NOT met'}")
     save_results(args.output, {"benchmark": "end_to_end", "machine": info, "rounds": args.rounds,
-                               "scenes": CROPS, "rows": rows, "summary": summary})
+                               "scenes": args.scenes, "rows": rows, "summary": summary})
     if temporary is not None:
         temporary.cleanup()
     return 0

@@ -105,6 +105,8 @@ class Profile:
         payload = {
             "command": self.command,
             "pid": os.getpid(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "openmp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "wall_seconds": ended - start if start is not None else None,
             "imports_seconds": main_started - start if start is not None else None,
             "main_seconds": ended - main_started,

@@ -221,3 +221,14 @@ def test_initialisation_is_skipped_only_in_the_loading_thread(random_checkpoints
     expected = load_spatial_branch(band_folder(random_checkpoints, 50), 50).state_dict()
     loaded = detector.spatial.state_dict()
     assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)
+
+
+def test_openmp_threads_wait_passively_only_on_a_busy_machine_before_torch_loads(monkeypatch):
+    environ = {}
+    monkeypatch.setattr(tuning, "busy_machine", lambda: True)
+    assert tuning.configure_openmp(environ) is None and environ == {}  # torch already loaded: too late
+    monkeypatch.delitem(sys.modules, "torch")
+    assert tuning.configure_openmp(environ) == "PASSIVE" and environ == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert tuning.configure_openmp({"GOMP_SPINCOUNT": "1000"}) is None  # the user's own setting wins
+    monkeypatch.setattr(tuning, "busy_machine", lambda: False)
+    assert tuning.configure_openmp({}) is None
