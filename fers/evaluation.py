@@ -158,19 +158,25 @@ class Detector:
             maps.append(detectors.fused_scores(part, spectral, spatial, self.fusion, self.rx_precision))
         return torch.cat(maps) if len(maps) != 1 else maps[0]
 
-    def detect(self, cube: np.ndarray, band_policy: str = "interp", tile: int = 64, overlap: int = 16,
+    def detect(self, cube, band_policy: str = "interp", tile: int = 64, overlap: int = 16,
                background: str = "tile", batch_size: int = 16, progress: bool = False,
-               name: str = "cube") -> np.ndarray:
+               name: str = "cube", nodata=None) -> np.ndarray:
         """Anomaly map ``(H, W)`` float64 of a raw cube ``(H, W, B)`` of any size, as ``detect.py``
         computes it: validation, ``band_policy`` to this detector's C bands and the reference
-        scaling (:func:`fers.preprocessing.prepare_cube`), then overlapping ``tile``×``tile`` tiles
+        scaling (:func:`fers.preprocessing.prepare_source`), then overlapping ``tile``×``tile`` tiles
         blended without seams, with the RX background per tile or ``"global"``
         (:func:`fers.scene_detection.detect_scene`). A scene no larger than one tile gives exactly
-        :meth:`score` of the whole scene (the map of ``FERS_ABU/test.py``)."""
+        :meth:`score` of the whole scene (the map of ``FERS_ABU/test.py``).
+
+        ``cube``: an array, or a :class:`fers.rasters.Raster` (``fers.open_raster``: ``.npy``, ENVI,
+        GeoTIFF), which is read tile by tile in bounded memory. ``nodata``: ``None`` refuses NaN/Inf
+        and fill values; ``"auto"`` or a value masks them (:func:`fers.preprocessing.nodata_rule`):
+        they enter no statistic and are NaN in the map."""
+        from .preprocessing import prepare_source
         from .scene_detection import detect_scene
 
-        prepared, _ = prepare_cube(cube, self.channels, band_policy, name)
-        return detect_scene(self, prepared, tile, overlap, background, batch_size, progress)
+        scene = prepare_source(cube, self.channels, band_policy, name, nodata)
+        return detect_scene(self, scene.cube, tile, overlap, background, batch_size, progress, scene.valid)
 
     def enhanced(self, cubes: torch.Tensor) -> torch.Tensor:
         """The cube plus all branch features: the input of the autoencoder detector."""

@@ -14,7 +14,9 @@ from ..evaluation import Detector
 from ..io import CUBE_SUFFIXES, EMBEDDED, read_scene
 from ..outputs import OutputFolder, check_writable_dir, save_mat, save_npy, write_json
 from ..results import measure, scene_row
-from ..scene_detection import BACKGROUNDS, TileGrid, detect_scene, prepare_scene, write_scene_results
+from ..map_outputs import write_scene_maps
+from ..preprocessing import nodata_rule, prepare_source
+from ..scene_detection import BACKGROUNDS, TileGrid, detect_scene, write_scene_results
 from ..utils import REPO_ROOT, default_threads, resolve_device, versions
 from .common import add_layout_argument, add_model_arguments, check_positive, cube_layout
 
@@ -27,8 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run FERS (or FERD, or plain RX) on one hyperspectral scene of any size, in "
                     "overlapping tiles. Writes <scene>_scores.npy/.mat/.png and <scene>_results.json into "
                     "--save_dir, and results.json/results.csv: one row per scene detected into that folder "
-                    "(metrics when a ground truth is given or found) and the mean.")
-    parser.add_argument("scene", help="cube file: .mat (v5 or v7.3), .npy, .npz or ENVI .hdr (needs 'spectral')")
+                    "(metrics when a ground truth is given or found) and the mean. GeoTIFF inputs, and ENVI inputs with map "
+                    "info, also get <scene>_scores.tif in their georeferencing; ENVI inputs <scene>_scores.hdr.")
+    parser.add_argument("scene", help="cube file: .mat (v5 or v7.3), .npy, .npz, ENVI .hdr (needs 'spectral') or "
+                        "GeoTIFF .tif (needs 'rasterio'); .npy, ENVI and GeoTIFF are read tile by tile")
     add_model_arguments(parser, default_channels=200)
     parser.add_argument("--branches", choices=detectors.BRANCHES + ("none",), default="both",
                         help="both = FERS; spectral = FERD only; spatial = spatial only; none = plain RX "
@@ -50,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--background", choices=BACKGROUNDS, default="tile",
                         help="tile = RX statistics per tile, tile maps robustly standardised, then blended; "
                              "global = features per tile, blended, then one RX over the whole scene")
+    parser.add_argument("--nodata", default="none", metavar="auto|VALUE|none",
+                        help="none (default) = refuse NaN/Inf and fill values, as test.py does; auto = mask NaN/Inf, "
+                             "the file's declared value (ENVI 'data ignore value', GeoTIFF nodata), -9999, -32768, "
+                             "1e-34, -1e34, -3.4e38 in any band and pixels that are 0 in every band; VALUE = mask "
+                             "NaN/Inf and that value. Masked pixels are left out of every statistic and are no-data "
+                             "(NaN) in the maps")
+    parser.add_argument("--far", type=float, default=None, metavar="RATE",
+                        help="also write <scene>_mask.png (and _mask.tif with a GeoTIFF map): the pixels above the "
+                             "scene's (1 - RATE) score quantile, i.e. a false-alarm rate of about RATE (e.g. 0.001)")
+    parser.add_argument("--geojson", action="store_true",
+                        help="with --far: <scene>_detections.geojson, one point per connected detection (area in "
+                             "pixels and map units, peak score, centroid in map coordinates)")
     parser.add_argument("--adaptive", action="store_true", help="also the adaptive 3D-ROC measures")
     parser.add_argument("--save_dir", default=str(REPO_ROOT / "results" / "detect"))
     return parser
@@ -83,6 +99,11 @@ def main(argv=None):
     check_positive(parser, input_channel=args.input_channel, batch_size=args.batch_size, tile=args.tile)
     if not 0 <= args.overlap < args.tile:
         parser.error("--overlap must be at least 0 and smaller than --tile")
+    if args.far is not None and not 0 < args.far < 1:
+        parser.error("--far must be a false-alarm rate between 0 and 1 (exclusive), e.g. 0.001")
+    if args.geojson and args.far is None:
+        parser.error("--geojson needs --far (the false-alarm rate that decides what is a detection)")
+    nodata_rule(args.nodata)  # a bad --nodata stops before anything is read
     path = Path(args.scene)
     _check_scene_path(path)
     default_threads()
@@ -91,16 +112,21 @@ def main(argv=None):
     detector = Detector.from_checkpoints(args.checkpoint_dir, args.input_channel, args.branches, device=device,
                                          fusion=args.fusion, rx_precision=args.rx_precision)
     gt = _ground_truth_arg(args)
-    scene = read_scene(path, gt, cube_key=args.cube_key, gt_key=args.gt_key, layout=cube_layout(args),
-                       mmap=path.suffix.lower() == ".npy")
+    scene = read_scene(path, gt, cube_key=args.cube_key, gt_key=args.gt_key, layout=cube_layout(args), lazy=True)
     cube, mask, gt_source, layout_used = scene.cube, scene.mask, scene.gt_source, scene.layout
     if mask is not None and mask.shape != cube.shape[:2]:
         raise FersError(f"{args.gt or path}: ground truth is {mask.shape[0]}×{mask.shape[1]} but the scene "
                         f"{path.name} is {cube.shape[0]}×{cube.shape[1]}; they must match")
     name = path.stem
+    georeference = getattr(cube, "georeference", None)
     started = time.perf_counter()
-    prepared, bands = prepare_scene(cube, args.input_channel, args.band_policy, str(path))
+    source = prepare_source(cube, args.input_channel, args.band_policy, str(path), args.nodata)
+    prepared, bands, valid = source.cube, source.description, source.valid
     del cube, scene
+    if source.rule is not None:
+        total = prepared.shape[0] * prepared.shape[1]
+        print(f"{name}: {source.masked} of {total} pixels ({100.0 * source.masked / total:.2f} %) are no-data "
+              f"({source.rule.describe()}): left out of every statistic, NaN in the maps")
     grid = TileGrid(prepared.shape[0], prepared.shape[1], args.tile, args.overlap)
     print(f"{name}: {prepared.shape[0]}×{prepared.shape[1]}, {bands}"
           + (", stored bands-first (transposed)" if layout_used == "bhw" else "")
@@ -108,16 +134,23 @@ def main(argv=None):
           f"{grid.tile_rows}×{grid.tile_cols}, {args.background} RX background; branches={detector.branches}, "
           f"fusion={detector.fusion}, rx_precision={detector.rx_precision}, device={device}")
     scores = detect_scene(detector, prepared, args.tile, args.overlap, args.background, args.batch_size,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, valid=valid)
     seconds = time.perf_counter() - started
     del prepared
+    if mask is not None and valid is not None:  # metrics over the valid pixels only
+        mask, measured = mask[valid], scores[valid]
+    else:
+        measured = scores
     if mask is not None and not mask.any():
         print(f"warning: {gt_source}: the ground truth has no anomaly pixel; metrics are NaN")
-    row = scene_row(name, measure(scores, mask, args.adaptive) if mask is not None else None, seconds=seconds,
+    row = scene_row(name, measure(measured, mask, args.adaptive) if mask is not None else None, seconds=seconds,
                     bands=bands, height=scores.shape[0], width=scores.shape[1], tiles=len(grid),
-                    labelled=mask is not None)
+                    labelled=mask is not None, nodata_pixels=source.masked)
+    del measured
     config = {**vars(args), **detector.describe(), "device": str(device), "ground_truth": gt_source,
-              "cube_layout_used": layout_used, "tile_rows": grid.tile_rows, "tile_cols": grid.tile_cols}
+              "cube_layout_used": layout_used, "tile_rows": grid.tile_rows, "tile_cols": grid.tile_cols,
+              "nodata_rule": source.rule.describe() if source.rule is not None else None,
+              "georeferenced": georeference is not None}
     from ..report import save_heatmap
 
     with OutputFolder(args.save_dir) as out:
@@ -126,6 +159,7 @@ def main(argv=None):
         save_heatmap(out / f"{name}_scores.png", scores,
                      f"{name}: {detector.branches} branches, {args.background} RX"
                      + (f", AUC {row['auc']:.4f}" if "auc" in row else ""))
+        row.update(write_scene_maps(out, name, scores, path, georeference, args.far, args.geojson))
         write_json(out / f"{name}_results.json", {"scene": row, "config": config, "versions": versions()})
         summary = write_scene_results(out, args.save_dir)
     if mask is not None:
