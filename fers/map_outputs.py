@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +56,10 @@ def write_geotiff(path, values, georeference: Georeference | None = None) -> Non
         profile["transform"] = Affine(*georeference.transform)
     if georeference is not None and georeference.crs:
         profile["crs"] = rasterio.crs.CRS.from_user_input(georeference.crs)
-    with rasterio.Env(), rasterio.open(path, "w", **profile) as target:
-        target.write(band, 1)
+    with warnings.catch_warnings():  # a map of a plain TIFF has no georeferencing: nothing to warn about
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.Env(), rasterio.open(path, "w", **profile) as target:
+            target.write(band, 1)
 
 
 def write_envi(path, values, georeference: Georeference | None = None, description: str = "",

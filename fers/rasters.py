@@ -275,7 +275,11 @@ class GeoTiffRaster(Raster):
                             else None)
 
     def _open(self):
-        return self.rasterio.open(self.path)
+        import warnings
+
+        with warnings.catch_warnings():  # a plain TIFF is fine: it has no georeferencing to keep
+            warnings.simplefilter("ignore", self.rasterio.errors.NotGeoreferencedWarning)
+            return self.rasterio.open(self.path)
 
     def _read(self, rows, cols):
         from rasterio.windows import Window

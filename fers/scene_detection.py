@@ -353,6 +353,9 @@ def detect_scene(detector, cube: np.ndarray, tile: int = 64, overlap: int = 16, 
     from tqdm import tqdm
 
     bar = tqdm(total=len(tiles), desc=f"tiles ({background} RX)", unit="tile", disable=not progress, leave=False)
+    if background == "global" and detector.branches == "none":  # plain RX: no tile is needed
+        bar.close()
+        return global_rx_scores(cube, detector.rx_precision, valid)
     weight_sum = np.zeros((height, width))
     if background == "tile" and len(grid) == 1:
         scores = _score_batch(detector, cube, grid.tiles(), grid, valid)
@@ -378,10 +381,10 @@ def detect_scene(detector, cube: np.ndarray, tile: int = 64, overlap: int = 16, 
 
     branches = detector.branches
     product = branches == "both" and detector.fusion == "product"
-    terms = 2 if product else (0 if branches == "none" else 1)
+    terms = 2 if product else 1
     on_disk = not isinstance(cube, np.ndarray) and 4 * int(np.prod(cube.shape)) > ACCUMULATOR_MEMORY_BYTES
     accumulators = [_accumulator(cube.shape, on_disk) for _ in range(terms)]
-    for batch in _tile_batches(tiles, batch_size) if terms else ():
+    for batch in _tile_batches(tiles, batch_size):
         spectral, spatial = detector.features(_tile_tensor(cube, batch, grid).to(detector.device))
         if product:
             features = [spatial, spectral]
@@ -396,10 +399,7 @@ def detect_scene(detector, cube: np.ndarray, tile: int = 64, overlap: int = 16, 
                 accumulator[window] += (weight[..., None] * values[slot]).astype(np.float32)
             weight_sum[window] += weight
         bar.update(len(batch))
-    bar.update(len(tiles) if not terms else 0)
     bar.close()
-    if not terms:
-        return global_rx_scores(cube, detector.rx_precision, valid)
     if valid is not None:  # pixels of skipped tiles: no-data, never read by the RX below
         weight_sum[weight_sum == 0] = 1.0
     rows = _chunk_rows(cube.shape, itemsize=4)
@@ -428,7 +428,7 @@ def to_hwc_batch(features: torch.Tensor) -> np.ndarray:
 SCENE_RESULTS_SUFFIX = "_results.json"
 # Settings that change a scene's map: scenes detected with different values are not comparable.
 DETECTION_SETTINGS = ("input_channel", "checkpoint_dir", "branches", "fusion", "rx_precision", "band_policy",
-                      "tile", "overlap", "background")
+                      "tile", "overlap", "background", "nodata")
 
 
 def write_scene_results(staging, save_dir) -> dict:

@@ -183,7 +183,7 @@ def test_detect_an_envi_flight_line_with_a_nodata_border(tmp_path, capsys):
 def test_a_geotiff_line_keeps_its_georeferencing(tmp_path, capsys):
     cube, _ = _abu_crop(40, 30)
     bordered = _bordered(cube, value=-32768)
-    transform = rasterio.transform.from_origin(300000.0, 5200000.0, 2.5, 2.5)
+    transform = rasterio.transform.Affine(2.5, 0.0, 300000.0, 0.0, -2.5, 5200000.0)
     with rasterio.open(tmp_path / "line.tif", "w", driver="GTiff", height=bordered.shape[0], width=bordered.shape[1],
                        count=bordered.shape[2], dtype="float32", crs="EPSG:32633", transform=transform,
                        nodata=-32768) as target:
@@ -205,28 +205,15 @@ def test_a_geotiff_line_keeps_its_georeferencing(tmp_path, capsys):
     assert np.isnan(scores).sum() == bordered.shape[0] * bordered.shape[1] - cube.size // cube.shape[2]
 
 
-@pytest.fixture(scope="module")
-def fen50(tmp_path_factory):
-    import torch
-
-    from fers.checkpoints import band_folder, save_fen
-    from fers.fen import FEN
-
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("fen50")
-    save_fen(band_folder(root, 50), FEN(50, "resnet18"))
-    return root
-
-
 @needs_abu
-def test_networks_see_the_fill_but_no_statistic_does(fen50, caplog):
+def test_networks_see_the_fill_but_no_statistic_does(ferd50, caplog):
     """FERD with a global background: features are local (ResNet-18 layer1: 4 px) and blended away
     from tile edges, so the map inside must not depend on the border's width or values."""
     from fers.evaluation import Detector
     from fers.scene_detection import TileGrid, tile_starts
 
     cube, _ = _abu_crop(48, 50)
-    detector = Detector.from_checkpoints(fen50, 50, "spectral", rx_precision="float64")
+    detector = Detector.from_checkpoints(ferd50, 50, "spectral", rx_precision="float64")
     seen = []
     features = detector.features
     detector.features = lambda cubes: seen.append(len(cubes)) or features(cubes)
@@ -291,7 +278,7 @@ def test_npy_read_tile_by_tile_in_bounded_memory(tmp_path, monkeypatch):
         scene[start:start + 50] = np.concatenate([block, block[..., :20] ** 2], axis=2)
     del scene
     size = path.stat().st_size
-    monkeypatch.setattr(scene_detection, "CHUNK_BYTES", 2 ** 20)
+    monkeypatch.setattr(scene_detection, "CHUNK_BYTES", 2 ** 20)  # row chunks of 1 MB (float64)
     monkeypatch.setattr(preprocessing, "CHUNK_BYTES", 2 ** 20)
     raster = open_raster(path)
     tracemalloc.start()
@@ -303,7 +290,6 @@ def test_npy_read_tile_by_tile_in_bounded_memory(tmp_path, monkeypatch):
     finally:
         tracemalloc.stop()
     assert peak < size / 4, f"peak {peak / 2 ** 20:.1f} MiB for a {size / 2 ** 20:.1f} MiB scene"
-    print(f"tracemalloc peak {peak / 2 ** 20:.1f} MiB for a {size / 2 ** 20:.1f} MiB scene")
     maps = Path("/proc/self/maps")
     if maps.exists():  # Linux: the file is not mapped any more
         assert str(path) not in maps.read_text()
