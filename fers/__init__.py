@@ -13,6 +13,9 @@ The public API (cubes are NumPy arrays ``(rows, cols, bands)``)::
     scores = detector.detect(cube, band_policy="wavelength", wavelengths=fers.load_wavelengths("scene.hdr"))
     bands, mapping = fers.select_bands(cube, 50, "std")   # the 50 bands of highest variance, and how
     fers.metrics.auc(scores, mask)                # AUC, Chang's 3D-ROC measures (fers.metrics)
+    line = fers.open_raster("flight_line.hdr")    # ENVI/GeoTIFF/.npy read tile by tile, any size
+    scores = detector.detect(line, nodata="auto") # no-data pixels masked: NaN in the map
+    fers.write_map("scores.tif", scores, line.georeference)   # GeoTIFF in the scene's CRS
     fers.train(fers.TrainConfig(stage="all", input_channel=50, data_path="data/HAD100Dataset"))
 
 - ``Detector``: the trained networks of one band count and the fusion/RX rules;
@@ -30,6 +33,9 @@ The public API (cubes are NumPy arrays ``(rows, cols, bands)``)::
   functions: the chosen or resampled bands and a record of how (``fers.bands``).
 - ``load_wavelengths(path)``: the band centres (nm) a scene or a wavelength file carries.
 - ``load_cube``, ``load_mask``: the readers the commands use.
+- ``open_raster(path)``: a cube read window by window (``shape``, ``wavelengths``, ``nodata``,
+  ``georeference``); ``write_map(path, values, georeference)``: GeoTIFF or ENVI map;
+  ``detection_mask(scores, far)`` and ``detections_geojson(scores, mask, georeference)``.
 - ``metrics``: per-scene AUC and the 3D-ROC measures; ``tie_sensitivity`` gives their noise.
 - ``train``, ``TrainConfig``: stage 1, stage 2 or both, as ``train.py`` does.
 
@@ -55,6 +61,10 @@ _API = {
     "load_wavelengths": ("fers.io", "load_wavelengths"),
     "load_cube": ("fers.io", "load_cube"),
     "load_mask": ("fers.io", "load_mask"),
+    "open_raster": ("fers.rasters", "open_raster"),
+    "write_map": ("fers.map_outputs", "write_map"),
+    "detection_mask": ("fers.map_outputs", "detection_mask"),
+    "detections_geojson": ("fers.map_outputs", "detections_geojson"),
     "metrics": ("fers.metrics", None),
     "train": ("fers.training", "train"),
     "TrainConfig": ("fers.training", "TrainConfig"),

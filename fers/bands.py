@@ -97,9 +97,10 @@ class BandMapping:
 NO_STATISTICS = "fewer than two pixels have finite values in every band: no band statistics to choose bands by"
 
 
-def _pixel_chunks(cube, chunk_bytes: int | None):
+def _pixel_chunks(cube, chunk_bytes: int | None, valid=None):
     """A callable giving fresh ``(pixels, B)`` float64 row chunks of ``cube``, pixels with a
-    non-finite band left out (they must not poison the statistics)."""
+    non-finite band, and where the ``(rows, cols)`` mask ``valid`` is False (no-data), left out
+    (they must not poison the statistics)."""
     from .preprocessing import chunk_rows
 
     rows = chunk_rows(cube.shape, chunk_bytes)
@@ -108,6 +109,8 @@ def _pixel_chunks(cube, chunk_bytes: int | None):
         for start in range(0, cube.shape[0], rows):
             pixels = np.asarray(cube[start:start + rows], dtype=np.float64).reshape(-1, cube.shape[2])
             finite = np.isfinite(pixels).all(axis=1)
+            if valid is not None:
+                finite &= np.asarray(valid[start:start + rows]).reshape(-1)
             yield pixels if finite.all() else pixels[finite]
 
     return chunks
@@ -126,10 +129,10 @@ def _moments(chunks) -> tuple[np.ndarray, np.ndarray, int]:
     return mean, squares / (count - 1), count
 
 
-def band_statistic(cube, policy: str, chunk_bytes: int | None = None) -> np.ndarray:
+def band_statistic(cube, policy: str, chunk_bytes: int | None = None, valid=None) -> np.ndarray:
     """The per-band figure a statistics policy ranks: ``std`` the variance, ``entropy`` the histogram
     entropy in bits, ``low_correlation`` the ``(B, B)`` correlation matrix (0 where a band is constant)."""
-    chunks = _pixel_chunks(cube, chunk_bytes)
+    chunks = _pixel_chunks(cube, chunk_bytes, valid)
     if policy == "std":
         return _moments(chunks)[1]
     if policy == "entropy":
@@ -245,7 +248,8 @@ def _check_wavelengths(values, count: int, what: str, name: str, fix: str) -> np
 
 
 def band_mapping(cube, channels: int, policy: str = "interp", wavelengths=None, model_wavelengths=None,
-                 name: str = "cube", chunk_bytes: int | None = None, compare_to_model: bool = True) -> BandMapping:
+                 name: str = "cube", chunk_bytes: int | None = None, compare_to_model: bool = True,
+                 valid=None) -> BandMapping:
     """The :class:`BandMapping` of ``policy`` (:data:`BAND_POLICIES`) from a ``(rows, cols, B)``
     cube (a memory map works: statistics are read in row chunks) to ``channels`` bands.
 
@@ -253,6 +257,7 @@ def band_mapping(cube, channels: int, policy: str = "interp", wavelengths=None, 
     (C values); ``wavelength`` needs both (other policies ignore a vector of the wrong length, with
     a note). ``compare_to_model``: warn when the scene is not the model's band set (another band
     count, or centres more than the tolerance away); False for plain RX, which has no model.
+    ``valid``: a ``(rows, cols)`` mask of the pixels the statistics policies may use (no-data out).
     Raises :class:`FersError` naming the file (``name``) and the fix."""
     if policy not in BAND_POLICIES:
         raise ParameterError(f"`band_policy` {policy!r}: choose one of {', '.join(BAND_POLICIES)}")
@@ -293,7 +298,7 @@ def band_mapping(cube, channels: int, policy: str = "interp", wavelengths=None, 
                             "chooses among the scene's bands: use `band_policy` interp or wavelength, or a model for "
                             "fewer bands")
         try:
-            statistic = band_statistic(cube, policy, chunk_bytes) if bands > channels else None
+            statistic = band_statistic(cube, policy, chunk_bytes, valid) if bands > channels else None
         except FersError as error:
             raise FersError(f"{name}: {error}") from None
         if statistic is None:

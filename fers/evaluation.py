@@ -20,7 +20,7 @@ from .errors import FersError
 from .initialisation import skipped_initialisation
 from .metrics import auc, mean_ignoring_nan
 from .outputs import OutputFolder, save_mat, write_text
-from .preprocessing import prepare_cube, to_batch
+from .preprocessing import to_batch
 from .profiling import mark, phase
 from .results import measure, scene_row, summary, write_results
 from .scene_reader import SceneReader, manifest_entry, read_all
@@ -189,35 +189,56 @@ class Detector:
         """``global`` for plain RX (no branch: RX means global RX, as ``spectral.rx``), else ``tile``."""
         return "global" if self.branches == "none" else "tile"
 
-    def detect(self, cube: np.ndarray, band_policy: str = "interp", tile: int = 64, overlap: int = 16,
+    def detect(self, cube, band_policy: str = "interp", tile: int = 64, overlap: int = 16,
                background: str | None = None, batch_size: int = 16, progress: bool = False,
-               name: str = "cube", wavelengths=None) -> np.ndarray:
+               name: str = "cube", wavelengths=None, nodata=None) -> np.ndarray:
         """Anomaly map ``(H, W)`` float64 of a raw cube ``(H, W, B)`` of any size, as ``detect.py``
         computes it: validation, ``band_policy`` to this detector's C bands (any of
         :data:`fers.bands.BAND_POLICIES`; ``wavelengths``: the scene's band centres in nm, for
         ``wavelength`` and to flag another sensor) and the reference scaling
-        (:func:`fers.preprocessing.prepare_cube`), then overlapping ``tile``×``tile`` tiles blended
+        (:func:`fers.preprocessing.prepare_source`), then overlapping ``tile``×``tile`` tiles blended
         without seams, with the RX background per tile or ``"global"``
         (:func:`fers.scene_detection.detect_scene`; default :meth:`default_background`). A scene no
         larger than one tile gives exactly :meth:`score` of the whole scene (the map of
         ``FERS_ABU/test.py``). The band mapping is logged (``fers`` logger; a scene that is not the
-        model's band set as a warning); :func:`fers.band_mapping` returns it."""
+        model's band set as a warning); :func:`fers.band_mapping` returns it.
+
+        ``cube``: an array, or a :class:`fers.rasters.Raster` (``fers.open_raster``: ``.npy``, ENVI,
+        GeoTIFF), which is read tile by tile in bounded memory. ``nodata``: ``None`` refuses NaN/Inf
+        and fill values; ``"auto"`` or a value masks them (:func:`fers.preprocessing.nodata_rule`):
+        they enter no statistic and are NaN in the map."""
         from .scene_detection import detect_scene
 
         background = background or self.default_background()
-        mapping = self.band_mapping(cube, band_policy, wavelengths, name)
-        prepared, _ = prepare_cube(cube, self.channels, band_policy, name, mapping=mapping,
-                                   dtype=self.rx_input_dtype(background))
-        return detect_scene(self, prepared, tile, overlap, background, batch_size, progress)
+        scene = self.prepare(cube, band_policy, wavelengths, name, nodata, background)
+        return detect_scene(self, scene.cube, tile, overlap, background, batch_size, progress, scene.valid)
 
-    def band_mapping(self, cube: np.ndarray, band_policy: str = "interp", wavelengths=None, name: str = "cube"):
+    def prepare(self, cube, band_policy: str = "interp", wavelengths=None, name: str = "cube", nodata=None,
+                background: str | None = None):
+        """A raw cube (array or :class:`fers.rasters.Raster`) as this detector's input: its band
+        mapping (:meth:`band_mapping`, statistics over the valid pixels), then
+        :func:`fers.preprocessing.prepare_source` with the ``nodata`` rule, in the dtype RX needs
+        for ``background`` (:meth:`rx_input_dtype`). Returns the
+        :class:`fers.preprocessing.PreparedScene`."""
+        from .bands import STATISTIC_POLICIES
+        from .preprocessing import nodata_rule, prepare_source, valid_pixels
+
+        rule = nodata_rule(nodata, getattr(cube, "nodata", None))
+        valid = valid_pixels(cube, rule, name) if rule is not None and band_policy in STATISTIC_POLICIES else None
+        mapping = self.band_mapping(cube, band_policy, wavelengths, name, valid)
+        return prepare_source(cube, self.channels, band_policy, name, nodata, mapping=mapping,
+                              dtype=self.rx_input_dtype(background or self.default_background()))
+
+    def band_mapping(self, cube: np.ndarray, band_policy: str = "interp", wavelengths=None, name: str = "cube",
+                     valid=None):
         """:func:`fers.bands.band_mapping` of a raw cube to this detector's bands (to its training band
-        centres for ``wavelength``), logged on the ``fers`` logger: the description, and as a warning
-        why the scene is not the model's band set (not for plain RX, which has no model)."""
+        centres for ``wavelength``; ``valid``: the pixels its statistics may use), logged on the
+        ``fers`` logger: the description, and as a warning why the scene is not the model's band set
+        (not for plain RX, which has no model)."""
         from .bands import band_mapping
 
         mapping = band_mapping(cube, self.channels, band_policy, wavelengths, self.model_wavelengths, name,
-                               compare_to_model=self.branches != "none")
+                               compare_to_model=self.branches != "none", valid=valid)
         _log.debug(f"{name}: {mapping.description}")
         if mapping.warning:
             _log.warning(f"{name}: {mapping.warning}")

@@ -19,7 +19,9 @@ from .outputs import (OutputFolder, _json_default, _missing_parents, _remove_emp
                       atomic_path, atomic_torch_save, check_writable_dir, ensure_writable_dir, save_mat, save_npy,
                       staged_layout, write_csv, write_error, write_errors, write_json, write_text)
 
-CUBE_SUFFIXES = (".mat", ".npy", ".npz", ".hdr")
+CUBE_SUFFIXES = (".mat", ".npy", ".npz", ".hdr", ".tif", ".tiff")
+# Files that state their own band layout (ENVI interleave, GeoTIFF bands): never transposed here.
+SELF_DESCRIBING_SUFFIXES = (".hdr", ".tif", ".tiff")
 MASK_SUFFIXES = (".png", ".mat", ".npy", ".tif", ".tiff", ".bmp")
 PREFERRED_CUBE_KEYS = ("data", "cube", "hsi", "X", "img", "image")
 PREFERRED_MASK_KEYS = ("map", "gt", "mask", "groundtruth", "ground_truth", "label")
@@ -104,20 +106,6 @@ def _read_npy(path: Path, mmap: bool = False) -> np.ndarray:
                         "the file may be truncated: copy it again") from None
 
 
-def _read_envi(path: Path) -> np.ndarray:
-    try:
-        import spectral.io.envi as envi
-    except ImportError:
-        raise FersError(f"{path}: ENVI files need the optional 'spectral' package: "
-                        "pip install spectral") from None
-    try:
-        image = envi.open(str(path))
-        return np.asarray(image.load())
-    except Exception as error:
-        raise FersError(f"{path}: cannot read the ENVI image ({error.__class__.__name__}: {error}); "
-                        "the header needs its data file beside it (same name, .img/.dat/.raw or none)") from None
-
-
 def _read_arrays(path: Path) -> dict:
     """All numeric arrays of a ``.mat`` or ``.npz`` file."""
     if path.suffix.lower() == ".mat":
@@ -129,19 +117,24 @@ def _read_arrays(path: Path) -> dict:
         raise FersError(f"{path}: not a readable .npz file ({error}); copy it again") from None
 
 
-def _load_stored_cube(path: Path, key: str | None, mmap: bool):
-    """``(cube as stored, other arrays of the file)``; checks the suffix, 3-D and numeric."""
+def _load_stored_cube(path: Path, key: str | None, mmap: bool, lazy: bool = False):
+    """``(cube as stored, other arrays of the file)``; checks the suffix, 3-D and numeric. ``lazy``:
+    a ``.npy``, ENVI or GeoTIFF cube comes back as a :class:`fers.rasters.Raster` (read window by
+    window) instead of an array."""
+    from .rasters import open_raster
+
     if not path.exists():
         raise FersError(f"{path}: no such file")
     suffix = path.suffix.lower()
     arrays: dict = {}
     if suffix == ".npy":
-        cube = _read_npy(path, mmap)
+        cube = open_raster(path) if lazy else _read_npy(path, mmap)
     elif suffix in (".npz", ".mat"):
         arrays = _read_arrays(path)
         cube = _pick(arrays, 3, PREFERRED_CUBE_KEYS, path, "cube", key)
-    elif suffix == ".hdr":
-        cube = _read_envi(path)
+    elif suffix in SELF_DESCRIBING_SUFFIXES:
+        cube = open_raster(path)
+        cube = cube if lazy else cube.read()
     else:
         raise FersError(f"{path}: unknown file type '{suffix}'; use one of {', '.join(CUBE_SUFFIXES)}")
     if cube.ndim != 3:
@@ -179,9 +172,10 @@ def orient_cube(cube: np.ndarray, layout: str, path, gt_shapes=()) -> tuple[np.n
     if layout not in CUBE_LAYOUTS + (LAYOUT_CHECK,):
         raise ValueError(f"layout must be one of {CUBE_LAYOUTS + (LAYOUT_CHECK,)}, got {layout!r}")
     path = Path(path)
-    if path.suffix.lower() == ".hdr":  # the ENVI header states the interleave; spectral applies it
+    if path.suffix.lower() in SELF_DESCRIBING_SUFFIXES:  # ENVI interleave, GeoTIFF bands: applied by the reader
         if layout == "bhw":
-            raise FersError(f"{path}: an ENVI header states its own layout (interleave); drop `layout` bhw")
+            kind = "an ENVI header" if path.suffix.lower() == ".hdr" else "a GeoTIFF"
+            raise FersError(f"{path}: {kind} states its own layout (interleave); drop `layout` bhw")
         return cube, "hwb"
     bands_first = layout == "bhw" or (layout in ("auto", LAYOUT_CHECK) and looks_bands_first(cube.shape, gt_shapes))
     if bands_first and layout == LAYOUT_CHECK:
@@ -194,12 +188,13 @@ def orient_cube(cube: np.ndarray, layout: str, path, gt_shapes=()) -> tuple[np.n
                         f"`layout` bhw (or auto); if it really is {d0}×{d1} with {d2} bands pass "
                         "`layout` hwb")
     if bands_first:
-        return np.transpose(cube, (1, 2, 0)), "bhw"
+        return (cube.bands_first() if hasattr(cube, "bands_first") else np.transpose(cube, (1, 2, 0))), "bhw"
     return cube, "hwb"
 
 
 def load_cube(path, key: str | None = None, mmap: bool = False, layout: str = "hwb", gt_shape=None) -> np.ndarray:
-    """Read a cube as a ``(rows, cols, bands)`` array from .mat (v5 or v7.3), .npy, .npz or ENVI .hdr.
+    """Read a cube as a ``(rows, cols, bands)`` array from .mat (v5 or v7.3), .npy, .npz, ENVI .hdr or
+    GeoTIFF (for a scene too large for memory: :func:`fers.rasters.open_raster`).
 
     ``layout`` (:data:`CUBE_LAYOUTS` or ``check``) says how the file stores it; ``gt_shape``, the
     ground truth's ``(rows, cols)`` if known, helps to recognise a bands-first cube."""
@@ -223,7 +218,8 @@ EMBEDDED = "embedded"  # read_scene's gt: the ground truth stored in the scene f
 
 
 def read_scene(path, gt=EMBEDDED, cube_key: str | None = None, gt_key: str | None = None,
-               layout: str = LAYOUT_CHECK, mask_rule: str = "nonzero", mmap: bool = False) -> SceneFile:
+               layout: str = LAYOUT_CHECK, mask_rule: str = "nonzero", mmap: bool = False,
+               lazy: bool = False) -> SceneFile:
     """A scene file and its ground truth, in one read.
 
     ``gt``: a mask file (read with ``mask_rule``), ``None`` (explicitly no ground truth), or
@@ -232,12 +228,13 @@ def read_scene(path, gt=EMBEDDED, cube_key: str | None = None, gt_key: str | Non
     (``wavelengths``, ``bands`` vectors) are not ground-truth candidates; a scene without one is
     unlabelled (``mask`` None), but an array named like a ground truth (``map``, ``gt``, ...) of
     another size is an error. A mask file of another size is returned as is: the caller reports it.
+    ``lazy``: a ``.npy``, ENVI or GeoTIFF cube is a :class:`fers.rasters.Raster` read window by window.
     """
     path = Path(path)
     mask, source = None, None
     if gt is not None and gt != EMBEDDED:
         mask, source = load_mask(gt, gt_key, rule=mask_rule), str(gt)
-    stored, others = _load_stored_cube(path, cube_key, mmap)
+    stored, others = _load_stored_cube(path, cube_key, mmap, lazy)
     planes = {name: value for name, value in others.items()
               if np.ndim(value) == 2 and np.asarray(value).dtype.kind in "biuf"}
     if mask is not None:

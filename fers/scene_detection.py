@@ -11,6 +11,7 @@ row chunks of a few tens of MB for everything computed in float64.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -19,10 +20,12 @@ import torch
 
 from .rx import reference_inverse, rx_statistics, solve_covariance
 from .preprocessing import CHUNK_BYTES as PREPARE_CHUNK_BYTES
-from .preprocessing import chunk_rows, minmax_scale, prepare_cube, to_batch, to_chw
+from .preprocessing import chunk_rows, minmax_scale, nodata_rule, prepare_cube, to_batch, to_chw, valid_pixels
 
 BACKGROUNDS = ("tile", "global")
+ACCUMULATOR_MEMORY_BYTES = 256 * 2 ** 20  # a scene read from disk: larger global accumulators go to files
 CHUNK_BYTES = PREPARE_CHUNK_BYTES  # float64 working set of one row chunk
+_log = logging.getLogger(__name__)
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution × this = its standard deviation
 
 
@@ -131,12 +134,14 @@ def robust_standardise(maps: np.ndarray) -> np.ndarray:
     0 is a typical background pixel of that tile and 1 about one background standard deviation,
     whatever the detector's scale (RX distances, or products of [0, 1] maps). Median and MAD
     ignore the few anomalous pixels. A map with MAD 0 falls back to its standard deviation,
-    and a constant map becomes 0.
+    and a constant map becomes 0. NaN (no-data) pixels are ignored and stay NaN.
     """
     flat = maps.reshape(maps.shape[0], -1).astype(np.float64)
-    median = np.median(flat, axis=1, keepdims=True)
-    spread = MAD_TO_SIGMA * np.median(np.abs(flat - median), axis=1, keepdims=True)
-    fallback = flat.std(axis=1, keepdims=True)
+    masked = np.isnan(flat).any()  # no-data pixels (NaN) are left out of every statistic
+    median_of, std_of = (np.nanmedian, np.nanstd) if masked else (np.median, np.std)
+    median = median_of(flat, axis=1, keepdims=True)
+    spread = MAD_TO_SIGMA * median_of(np.abs(flat - median), axis=1, keepdims=True)
+    fallback = std_of(flat, axis=1, keepdims=True)
     spread = np.where(spread > 0, spread, np.where(fallback > 0, fallback, 1.0))
     return ((flat - median) / spread).reshape(maps.shape)
 
@@ -144,26 +149,37 @@ def robust_standardise(maps: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- global RX in chunks
 
 
-def global_rx_scores(cube: np.ndarray, precision: str = "float64") -> np.ndarray:
+def global_rx_scores(cube, precision: str = "float64", valid: np.ndarray | None = None) -> np.ndarray:
     """Global RX ``(H, W)`` float64 of one ``(H, W, C)`` cube, as :func:`fers.detectors.rx_scores`
     computes it (cube min-max scaled to [0, 1], covariance /(n − 1), the same solver:
     :func:`fers.rx.solve_covariance`), with the mean and covariance accumulated in float64 over
     row chunks (:func:`fers.rx.rx_statistics`) so no float64 copy of the scene is ever made.
+    ``cube`` is anything sliced by rows into arrays: an array, a memory map, a
+    :class:`fers.preprocessing.PreparedView` or a :class:`fers.rasters.DiskArray`.
 
     ``float32``: the covariance is still accumulated in float64 (a float32 sum over millions of
     pixels loses digits), then cast to float32 and inverted with ``torch.linalg.pinv``'s default
     cutoff, as the reference's 50-band path does.
+
+    ``valid`` ``(H, W)`` bool: only those pixels enter the min-max bounds, the mean and the
+    covariance, and only they are scored; the others are NaN (no-data).
     """
     if precision not in ("float64", "float32"):
         raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
     height, width, bands = cube.shape
     rows = _chunk_rows(cube.shape)
     chunks = [slice(start, start + rows) for start in range(0, height, rows)]
-    low = min(float(np.min(cube[part])) for part in chunks)
-    high = max(float(np.max(cube[part])) for part in chunks)
+
+    def pixels(part, dtype=np.float64):
+        values = np.asarray(cube[part], dtype=dtype).reshape(-1, bands)
+        return values if valid is None else values[valid[part].ravel()]
+
+    bounds = [(float(np.min(values)), float(np.max(values))) for values in (pixels(part, None) for part in chunks)
+              if values.size]
+    low, high = min(bound[0] for bound in bounds), max(bound[1] for bound in bounds)
 
     def unit_pixels(part):
-        return minmax_scale(np.asarray(cube[part], dtype=np.float64).reshape(-1, bands), low, high)
+        return minmax_scale(pixels(part), low, high)
 
     mean, covariance, _ = rx_statistics(lambda: (unit_pixels(part) for part in chunks))
     covariance = torch.from_numpy(covariance)
@@ -171,15 +187,21 @@ def global_rx_scores(cube: np.ndarray, precision: str = "float64") -> np.ndarray
         whitening = solve_covariance(covariance[None])
     else:
         inverse = reference_inverse(covariance).numpy()
-    scores = np.empty((height, width))
+    scores = np.empty((height, width)) if valid is None else np.full((height, width), np.nan)
     for part in chunks:
         centred = unit_pixels(part) - mean
+        if not len(centred):
+            continue
         if precision == "float64":  # (1, C, P) view: the column-major layout the solve wants
             values = whitening.scores(torch.from_numpy(centred).T[None])[0].numpy()
         else:
             centred = centred.astype(np.float32)
             values = ((centred @ inverse) * centred).sum(1)
-        scores[part] = values.reshape(-1, width)
+        if valid is None:
+            scores[part] = values.reshape(-1, width)
+        else:
+            block = scores[part]
+            block[valid[part]] = values
     return scores
 
 
@@ -190,7 +212,7 @@ RX_BACKGROUNDS = ("global", "local")
 
 
 def rx_map(cube, background: str = "global", inner: int = 5, outer: int = 15, components: int | None = None,
-           precision: str = "float64") -> np.ndarray:
+           precision: str = "float64", nodata=None) -> np.ndarray:
     """Training-free RX (Reed & Yu 1990) of a cube ``(H, W, B)`` → ``(H, W)``, or of pixels
     ``(N, B)`` → ``(N,)``, float64, like ``spectral.rx``: ``(x − μ)ᵀ Σ⁺ (x − μ)`` with the sample
     covariance (n − 1) and its pseudo-inverse (exact inverse when well conditioned).
@@ -201,18 +223,28 @@ def rx_map(cube, background: str = "global", inner: int = 5, outer: int = 15, co
       ``outer`` odd square window (:func:`fers.detectors.local_rx_scores`; ``components`` principal
       components first, None = every band). Needs a cube, not a pixel list.
 
+    ``nodata`` (global only): ``"auto"`` or a fill value (:func:`fers.preprocessing.nodata_rule`;
+    ``auto`` includes the value a :class:`fers.rasters.Raster` declares): those pixels are left out
+    of the min-max bounds, the mean and the covariance, and are NaN in the result. ``cube`` may be
+    a :class:`fers.rasters.Raster`, read in row chunks.
+
     No state is kept; the cube is not modified (a read-only memory map works).
     """
     if background not in RX_BACKGROUNDS:
         raise ValueError(f"background must be one of {RX_BACKGROUNDS}, got {background!r}")
     if not hasattr(cube, "ndim") or cube.ndim not in (2, 3):
         raise ValueError(f"cube must be (rows, cols, bands) or pixels (N, bands), got shape {np.shape(cube)}")
-    if cube.ndim == 2:
-        if background == "local":
-            raise ValueError("background='local' needs a cube (rows, cols, bands), not a pixel list")
-        return global_rx_scores(np.asarray(cube)[:, None, :], precision)[:, 0]
+    if background == "local" and (cube.ndim == 2 or nodata is not None):
+        raise ValueError("background='local' needs a cube (rows, cols, bands), not a pixel list, and no `nodata`"
+                         if cube.ndim == 2 else "`nodata` masks pixels of global RX only (background='global')")
+    pixels = cube.ndim == 2
+    if pixels:
+        cube = np.asarray(cube)[:, None, :]
     if background == "global":
-        return global_rx_scores(cube, precision)
+        rule = nodata_rule(nodata, getattr(cube, "nodata", None))
+        valid = valid_pixels(cube, rule, chunk_bytes=CHUNK_BYTES) if rule is not None else None
+        scores = global_rx_scores(cube, precision, valid)
+        return scores[:, 0] if pixels else scores
     from .detectors import local_rx_scores
 
     bands_first = torch.from_numpy(to_chw(np.asarray(cube, dtype=np.float64)))
@@ -232,8 +264,17 @@ def crd_map(cube, win_in: int = 5, win_out: int = 11, lam: float = 1e-6, device=
     return crd_scores(bands_first, win_in, win_out, lam).cpu().numpy()
 
 
-def _tile_batches(grid: TileGrid, batch_size: int):
+def _window(grid: TileGrid, row: int, col: int) -> tuple[slice, slice]:
+    return slice(row, row + grid.tile_rows), slice(col, col + grid.tile_cols)
+
+
+def _scored_tiles(grid: TileGrid, valid: np.ndarray | None) -> list:
+    """The tiles to score: every tile, less those holding no valid pixel."""
     tiles = grid.tiles()
+    return tiles if valid is None else [t for t in tiles if valid[_window(grid, t[0], t[1])].any()]
+
+
+def _tile_batches(tiles: list, batch_size: int):
     for start in range(0, len(tiles), batch_size):
         yield tiles[start:start + batch_size]
 
@@ -243,8 +284,54 @@ def _tile_tensor(cube: np.ndarray, batch, grid: TileGrid) -> torch.Tensor:
     return to_batch([cube[row:row + grid.tile_rows, col:col + grid.tile_cols] for row, col, _ in batch])
 
 
+@torch.inference_mode()
+def masked_scores(detector, cubes: torch.Tensor, valid: np.ndarray) -> np.ndarray:
+    """Anomaly maps ``(N, H, W)`` float64 of normalised cubes ``(N, C, H, W)`` whose pixels are
+    valid only where ``valid`` ``(N, H, W)`` is: the networks see the whole (filled) cube, but the
+    fusion rule and RX (:func:`fers.detectors.fused_scores`) use the valid pixels alone, so a
+    filled pixel never enters a mean, a covariance or a min-max; the others are NaN. Fully valid
+    cubes go through :meth:`Detector.score` unchanged."""
+    from .detectors import fused_scores
+
+    flat = valid.reshape(len(valid), -1)
+    maps = np.full(valid.shape, np.nan)
+    full = flat.all(1)
+    if full.any():
+        maps[full] = detector.score(cubes[torch.from_numpy(full)]).cpu().numpy()
+    for index in np.flatnonzero(~full & flat.any(1)):
+        cube = cubes[index:index + 1].to(detector.device, torch.float32)
+        spectral, spatial = detector.features(cube)
+        keep = torch.from_numpy(np.flatnonzero(flat[index])).to(cube.device)
+
+        def pixels(values):  # (1, C, H, W) → the valid pixels as a (1, C, 1, P) "scene"
+            return None if values is None else values.reshape(1, values.shape[1], -1)[:, :, keep].unsqueeze(2)
+
+        if keep.numel() < 2:  # no background statistics from one pixel: it is typical of itself
+            values = np.zeros(keep.numel())
+        else:
+            values = fused_scores(pixels(cube), pixels(spectral), pixels(spatial), detector.fusion,
+                                  detector.rx_precision).reshape(-1).double().cpu().numpy()
+        maps[index].reshape(-1)[flat[index]] = values
+    return maps
+
+
+def _score_batch(detector, cube, batch, grid: TileGrid, valid: np.ndarray | None) -> np.ndarray:
+    tensor = _tile_tensor(cube, batch, grid)
+    if valid is None:
+        return detector.score(tensor).cpu().numpy()
+    return masked_scores(detector, tensor, np.stack([valid[_window(grid, row, col)] for row, col, _ in batch]))
+
+
+def _accumulator(shape, on_disk: bool):
+    if on_disk:
+        from .rasters import DiskArray
+
+        return DiskArray(shape, np.float32)
+    return np.zeros(shape, dtype=np.float32)
+
+
 def detect_scene(detector, cube: np.ndarray, tile: int = 64, overlap: int = 16, background: str = "tile",
-                 batch_size: int = 16, progress: bool = True) -> np.ndarray:
+                 batch_size: int = 16, progress: bool = True, valid: np.ndarray | None = None) -> np.ndarray:
     """Anomaly map ``(H, W)`` float64 of a normalised scene ``(H, W, C)`` (see :func:`prepare_scene`).
 
     - ``tile``: each tile is scored by ``detector`` with its own RX background (the features and
@@ -256,6 +343,16 @@ def detect_scene(detector, cube: np.ndarray, tile: int = 64, overlap: int = 16, 
       then RX runs once over the whole enhanced scene (:func:`global_rx_scores`), with the same
       fusion rule: ``RX(x + spa + spe)`` (sum), ``N(RX(x + spa)) · N(RX(x + spe))`` (product),
       ``RX(x + features)`` for one branch, ``RX(x)`` for none.
+
+    ``cube`` may be an array or a :class:`fers.preprocessing.PreparedView` (a scene read from disk
+    window by window); for such a scene the ``global`` feature accumulators (``H·W·C`` float32
+    each) go to temporary files (:class:`fers.rasters.DiskArray`) once they exceed
+    :data:`ACCUMULATOR_MEMORY_BYTES`, so memory stays bounded.
+
+    ``valid`` ``(H, W)`` bool (None: every pixel): pixels outside it are no-data. They are left out
+    of every statistic (tile RX, the robust standardisation, global RX and its min-max bounds),
+    enter the networks only as the filled values of ``cube``, and are NaN in the map; a tile with
+    no valid pixel is not scored at all.
     """
     if background not in BACKGROUNDS:
         raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
@@ -263,32 +360,44 @@ def detect_scene(detector, cube: np.ndarray, tile: int = 64, overlap: int = 16, 
         raise ValueError(f"cube must be (H, W, {detector.channels}), got {tuple(cube.shape)}")
     height, width, _ = cube.shape
     grid = TileGrid(height, width, tile, overlap)
+    tiles = _scored_tiles(grid, valid)
+    if len(tiles) < len(grid):
+        _log.info(f"{len(grid) - len(tiles)} of {len(grid)} tile(s) hold no valid pixel: not scored")
     from tqdm import tqdm
 
-    bar = tqdm(total=len(grid), desc=f"tiles ({background} RX)", unit="tile", disable=not progress, leave=False)
+    bar = tqdm(total=len(tiles), desc=f"tiles ({background} RX)", unit="tile", disable=not progress, leave=False)
+    if background == "global" and detector.branches == "none":  # plain RX: no tile is needed
+        bar.close()
+        return global_rx_scores(cube, detector.rx_precision, valid)
     weight_sum = np.zeros((height, width))
     if background == "tile" and len(grid) == 1:
-        scores = detector.score(_tile_tensor(cube, grid.tiles(), grid)).cpu().numpy()
+        scores = _score_batch(detector, cube, grid.tiles(), grid, valid)
         bar.update(1)
         bar.close()
         return np.asarray(scores[0], dtype=np.float64)
     if background == "tile":
         score_sum = np.zeros((height, width))
-        for batch in _tile_batches(grid, batch_size):
-            maps = robust_standardise(detector.score(_tile_tensor(cube, batch, grid)).cpu().numpy())
+        for batch in _tile_batches(tiles, batch_size):
+            maps = robust_standardise(_score_batch(detector, cube, batch, grid, valid))
             for (row, col, weight), tile_map in zip(batch, maps):
-                window = (slice(row, row + grid.tile_rows), slice(col, col + grid.tile_cols))
+                window = _window(grid, row, col)
+                if valid is not None:  # no-data pixels of the tile add nothing
+                    weight = np.where(valid[window], weight, 0.0)
+                    tile_map = np.where(valid[window], tile_map, 0.0)
                 score_sum[window] += weight * tile_map
                 weight_sum[window] += weight
             bar.update(len(batch))
         bar.close()
-        return score_sum / weight_sum
+        if valid is None:
+            return score_sum / weight_sum
+        return np.divide(score_sum, weight_sum, out=np.full((height, width), np.nan), where=valid)
 
     branches = detector.branches
     product = branches == "both" and detector.fusion == "product"
-    terms = 2 if product else (0 if branches == "none" else 1)
-    accumulators = [np.zeros(cube.shape, dtype=np.float32) for _ in range(terms)]
-    for batch in _tile_batches(grid, batch_size) if terms else ():
+    terms = 2 if product else 1
+    on_disk = not isinstance(cube, np.ndarray) and 4 * int(np.prod(cube.shape)) > ACCUMULATOR_MEMORY_BYTES
+    accumulators = [_accumulator(cube.shape, on_disk) for _ in range(terms)]
+    for batch in _tile_batches(tiles, batch_size):
         spectral, spatial = detector.features(_tile_tensor(cube, batch, grid).to(detector.device))
         if product:
             features = [spatial, spectral]
@@ -298,24 +407,28 @@ def detect_scene(detector, cube: np.ndarray, tile: int = 64, overlap: int = 16, 
             features = [spectral if spectral is not None else spatial]
         features = [to_hwc_batch(f) for f in features]
         for slot, (row, col, weight) in enumerate(batch):
-            window = (slice(row, row + grid.tile_rows), slice(col, col + grid.tile_cols))
+            window = _window(grid, row, col)
             for accumulator, values in zip(accumulators, features):
                 accumulator[window] += (weight[..., None] * values[slot]).astype(np.float32)
             weight_sum[window] += weight
         bar.update(len(batch))
-    bar.update(len(grid) if not terms else 0)
     bar.close()
-    if not terms:
-        return global_rx_scores(cube, detector.rx_precision)
+    if valid is not None:  # pixels of skipped tiles: no-data, never read by the RX below
+        weight_sum[weight_sum == 0] = 1.0
     rows = _chunk_rows(cube.shape, itemsize=4)
     for accumulator in accumulators:  # enhanced cube = x + blended features, in place
         for start in range(0, height, rows):
             part = slice(start, start + rows)
             accumulator[part] /= weight_sum[part, :, None].astype(np.float32)
             accumulator[part] += cube[part]
-    maps = [global_rx_scores(enhanced, detector.rx_precision) for enhanced in accumulators]
+    maps = [global_rx_scores(enhanced, detector.rx_precision, valid) for enhanced in accumulators]
     del accumulators
-    return minmax_scale(maps[0]) * minmax_scale(maps[1]) if product else maps[0]
+    if not product:
+        return maps[0]
+    if valid is None:
+        return minmax_scale(maps[0]) * minmax_scale(maps[1])
+    return minmax_scale(maps[0], np.nanmin(maps[0]), np.nanmax(maps[0])) * \
+        minmax_scale(maps[1], np.nanmin(maps[1]), np.nanmax(maps[1]))
 
 
 def to_hwc_batch(features: torch.Tensor) -> np.ndarray:
@@ -328,7 +441,7 @@ def to_hwc_batch(features: torch.Tensor) -> np.ndarray:
 SCENE_RESULTS_SUFFIX = "_results.json"
 # Settings that change a scene's map: scenes detected with different values are not comparable.
 DETECTION_SETTINGS = ("input_channel", "checkpoint_dir", "branches", "fusion", "rx_precision", "band_policy",
-                      "tile", "overlap", "background")
+                      "tile", "overlap", "background", "nodata")
 
 
 def write_scene_results(staging, save_dir) -> dict:

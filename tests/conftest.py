@@ -118,3 +118,15 @@ def random_checkpoints(tmp_path):
         save_fen(band_folder(root, channels), FEN(channels))
         save_spatial_branch(band_folder(root, channels), SpatialBranch(channels))
     return root
+
+
+@pytest.fixture(scope="module")
+def ferd50(tmp_path_factory):
+    """FERD checkpoints for 50 bands with a small (ResNet-18) FEN: the evaluation commands need a branch."""
+    from fers.checkpoints import band_folder, save_fen
+    from fers.fen import FEN
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("ferd50")
+    save_fen(band_folder(root, 50), FEN(50, "resnet18"))
+    return root

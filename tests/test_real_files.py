@@ -20,20 +20,6 @@ from fers import io as fio
 _call = call_main
 
 
-@pytest.fixture(scope="module")
-def ferd50(tmp_path_factory):
-    """FERD checkpoints for 50 bands with a small (ResNet-18) FEN: the evaluation commands need a branch."""
-    import torch
-
-    from fers.checkpoints import band_folder, save_fen
-    from fers.fen import FEN
-
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("ferd50")
-    save_fen(band_folder(root, 50), FEN(50, "resnet18"))
-    return root
-
-
 def _evaluation_model(checkpoints):
     return ["--branches", "spectral", "--input_channel", 50, "--checkpoint_dir", checkpoints, "--device", "cpu",
             "--no_progress"]

@@ -240,7 +240,7 @@ def test_detect_cli_npy_with_png_gt_and_plain_rx(tmp_path):
 
 
 def _bad_inputs(tmp_path):
-    (tmp_path / "scene.tif").write_bytes(b"II*\x00")
+    (tmp_path / "scene.xyz").write_bytes(b"II*\x00")  # .tif is a GeoTIFF cube now
     scipy.io.savemat(tmp_path / "flat.mat", {"map": np.zeros((5, 5)), "labels": np.arange(4)})
     rng = np.random.default_rng(0)
     scipy.io.savemat(tmp_path / "scene.mat", {"data": rng.random((20, 20, 10)), "map": np.zeros((20, 20))})
@@ -248,7 +248,7 @@ def _bad_inputs(tmp_path):
     (tmp_path / "envi.hdr").write_text("ENVI\nsamples = 20\nlines = 20\nbands = 10\ndata type = 4\n"
                                        "interleave = bsq\nbyte order = 0\n")
     return {
-        "unknown file type": ([tmp_path / "scene.tif"], "unknown file type"),
+        "unknown file type": ([tmp_path / "scene.xyz"], "unknown file type"),
         ".mat without a 3-D array": ([tmp_path / "flat.mat"], "cannot tell which variable is the cube"),
         "gt of another size": ([tmp_path / "scene.mat", "--gt", tmp_path / "gt_small.npy"], "10×20 but the scene"),
         "ENVI header without data": ([tmp_path / "envi.hdr"], "ENVI header without its data file"),

@@ -15,7 +15,9 @@ from ..bands import BAND_POLICIES
 from ..io import CUBE_SUFFIXES, EMBEDDED, load_wavelengths, read_scene
 from ..outputs import OutputFolder, check_writable_dir, save_mat, save_npy, write_json
 from ..results import measure, scene_row
-from ..scene_detection import BACKGROUNDS, TileGrid, detect_scene, prepare_scene, write_scene_results
+from ..map_outputs import write_scene_maps
+from ..preprocessing import nodata_rule
+from ..scene_detection import BACKGROUNDS, TileGrid, detect_scene, write_scene_results
 from ..utils import REPO_ROOT, default_threads, resolve_device, versions
 from .common import add_layout_argument, add_model_arguments, check_positive, cube_layout, resolve_model_arguments
 
@@ -28,8 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run FERS (or FERD, or plain RX) on one hyperspectral scene of any size, in "
                     "overlapping tiles. Writes <scene>_scores.npy/.mat/.png and <scene>_results.json into "
                     "--save_dir, and results.json/results.csv: one row per scene detected into that folder "
-                    "(metrics when a ground truth is given or found) and the mean.")
-    parser.add_argument("scene", help="cube file: .mat (v5 or v7.3), .npy, .npz or ENVI .hdr (needs 'spectral')")
+                    "(metrics when a ground truth is given or found) and the mean. GeoTIFF inputs, and ENVI inputs with map "
+                    "info, also get <scene>_scores.tif in their georeferencing; ENVI inputs <scene>_scores.hdr.")
+    parser.add_argument("scene", help="cube file: .mat (v5 or v7.3), .npy, .npz, ENVI .hdr (needs 'spectral') or "
+                        "GeoTIFF .tif (needs 'rasterio'); .npy, ENVI and GeoTIFF are read tile by tile")
     add_model_arguments(parser, default_channels=200, band_policies=BAND_POLICIES)
     parser.add_argument("--wavelengths", default=None, metavar="FILE",
                         help="the scene's band centres (nm, or µm below 100: .txt/.csv numbers, .json list, ENVI "
@@ -59,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tile = RX statistics per tile, tile maps robustly standardised, then blended; "
                              "global = features per tile, blended, then one RX over the whole scene. Default: "
                              "global for --branches none (plain RX = global RX, as spectral.rx), tile otherwise")
+    parser.add_argument("--nodata", default="none", metavar="auto|VALUE|none",
+                        help="none (default) = refuse NaN/Inf and fill values, as test.py does; auto = mask NaN/Inf, "
+                             "the file's declared value (ENVI 'data ignore value', GeoTIFF nodata), -9999, -32768, "
+                             "1e-34, -1e34, -3.4e38 in any band and pixels that are 0 in every band; VALUE = mask "
+                             "NaN/Inf and that value. Masked pixels are left out of every statistic and are no-data "
+                             "(NaN) in the maps")
+    parser.add_argument("--far", type=float, default=None, metavar="RATE",
+                        help="also write <scene>_mask.png (and _mask.tif with a GeoTIFF map): the pixels above the "
+                             "scene's (1 - RATE) score quantile, i.e. a false-alarm rate of about RATE (e.g. 0.001)")
+    parser.add_argument("--geojson", action="store_true",
+                        help="with --far: <scene>_detections.geojson, one point per connected detection (area in "
+                             "pixels and map units, peak score, centroid in map coordinates)")
     parser.add_argument("--adaptive", action="store_true", help="also the adaptive 3D-ROC measures")
     parser.add_argument("--save_dir", default=str(REPO_ROOT / "results" / "detect"))
     return parser
@@ -106,6 +122,11 @@ def main(argv=None):
     if not 0 <= args.overlap < args.tile:
         parser.error("--overlap must be at least 0 and smaller than --tile")
     resolve_model_arguments(parser, args)
+    if args.far is not None and not 0 < args.far < 1:
+        parser.error("--far must be a false-alarm rate between 0 and 1 (exclusive), e.g. 0.001")
+    if args.geojson and args.far is None:
+        parser.error("--geojson needs --far (the false-alarm rate that decides what is a detection)")
+    nodata_rule(args.nodata)  # a bad --nodata stops before anything is read
     path = Path(args.scene)
     _check_scene_path(path)
     default_threads()
@@ -117,19 +138,22 @@ def main(argv=None):
                                          model_wavelengths=model_wavelengths)
     background = args.background = args.background or detector.default_background()
     gt = _ground_truth_arg(args)
-    scene = read_scene(path, gt, cube_key=args.cube_key, gt_key=args.gt_key, layout=cube_layout(args),
-                       mmap=path.suffix.lower() == ".npy")
+    scene = read_scene(path, gt, cube_key=args.cube_key, gt_key=args.gt_key, layout=cube_layout(args), lazy=True)
     cube, mask, gt_source, layout_used = scene.cube, scene.mask, scene.gt_source, scene.layout
     if mask is not None and mask.shape != cube.shape[:2]:
         raise FersError(f"{args.gt or path}: ground truth is {mask.shape[0]}×{mask.shape[1]} but the scene "
                         f"{path.name} is {cube.shape[0]}×{cube.shape[1]}; they must match")
     name = path.stem
+    georeference = getattr(cube, "georeference", None)
     started = time.perf_counter()
     wavelengths = _scene_wavelengths(args, path)
-    mapping = detector.band_mapping(cube, args.band_policy, wavelengths, str(path))
-    prepared, bands = prepare_scene(cube, args.input_channel, args.band_policy, str(path), mapping=mapping,
-                                    dtype=detector.rx_input_dtype(background))
+    source = detector.prepare(cube, args.band_policy, wavelengths, str(path), args.nodata, background)
+    prepared, bands, valid = source.cube, source.description, source.valid
     del cube, scene
+    if source.rule is not None:
+        total = prepared.shape[0] * prepared.shape[1]
+        print(f"{name}: {source.masked} of {total} pixels ({100.0 * source.masked / total:.2f} %) are no-data "
+              f"({source.rule.describe()}): left out of every statistic, NaN in the maps")
     grid = TileGrid(prepared.shape[0], prepared.shape[1], args.tile, args.overlap)
     print(f"{name}: {prepared.shape[0]}×{prepared.shape[1]}, {bands}"
           + (", stored bands-first (transposed)" if layout_used == "bhw" else "")
@@ -140,22 +164,31 @@ def main(argv=None):
 
     preload_in_background()  # the heat map's matplotlib loads while the networks run
     scores = detect_scene(detector, prepared, args.tile, args.overlap, background, args.batch_size,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, valid=valid)
     seconds = time.perf_counter() - started
     del prepared
+    if mask is not None and valid is not None:  # metrics over the valid pixels only
+        mask, measured = mask[valid], scores[valid]
+    else:
+        measured = scores
     if mask is not None and not mask.any():
         print(f"warning: {gt_source}: the ground truth has no anomaly pixel; metrics are NaN")
-    row = scene_row(name, measure(scores, mask, args.adaptive) if mask is not None else None, seconds=seconds,
+    row = scene_row(name, measure(measured, mask, args.adaptive) if mask is not None else None, seconds=seconds,
                     bands=bands, height=scores.shape[0], width=scores.shape[1], tiles=len(grid),
-                    labelled=mask is not None, band_mapping=mapping.record())
+                    labelled=mask is not None, nodata_pixels=source.masked,
+                    band_mapping=source.mapping.record())
+    del measured
     config = {**vars(args), **detector.describe(), "device": str(device), "ground_truth": gt_source,
-              "cube_layout_used": layout_used, "tile_rows": grid.tile_rows, "tile_cols": grid.tile_cols}
+              "cube_layout_used": layout_used, "tile_rows": grid.tile_rows, "tile_cols": grid.tile_cols,
+              "nodata_rule": source.rule.describe() if source.rule is not None else None,
+              "georeferenced": georeference is not None}
     with OutputFolder(args.save_dir) as out:
         save_npy(out / f"{name}_scores.npy", scores)
         save_mat(out / f"{name}_scores.mat", {"scores": scores})
         save_heatmap(out / f"{name}_scores.png", scores,
                      f"{name}: {detector.branches} branches, {background} RX"
                      + (f", AUC {row['auc']:.4f}" if "auc" in row else ""))
+        row.update(write_scene_maps(out, name, scores, path, georeference, args.far, args.geojson))
         write_json(out / f"{name}_results.json", {"scene": row, "config": config, "versions": versions()})
         summary = write_scene_results(out, args.save_dir)
     if mask is not None:
