@@ -136,7 +136,8 @@ def test_detect_an_envi_flight_line_with_a_nodata_border(tmp_path, capsys):
     masked = bordered.shape[0] * bordered.shape[1] - cube.shape[0] * cube.shape[1]
     assert f"line: {masked} of {bordered.shape[0] * bordered.shape[1]} pixels" in stdout
     scores = np.load(out / "line_scores.npy")
-    expected = numpy_rx(prepare_cube(cube, 60)[0])  # detect.py of the cropped scene: RX of its network input
+    # detect.py of the cropped scene: plain global RX of its scaled input (float64, as plain RX runs)
+    expected = numpy_rx(prepare_cube(cube, 60, dtype=np.float64)[0])
     np.testing.assert_allclose(_inside(scores, cube.shape), expected, rtol=1e-8, atol=1e-8 * expected.max())
     assert np.isnan(scores).sum() == masked
     row = json.loads((out / "results.json").read_text())["scenes"][0]
@@ -200,7 +201,8 @@ def test_a_geotiff_line_keeps_its_georeferencing(tmp_path, capsys):
         assert result.crs == rasterio.crs.CRS.from_epsg(32633) and result.transform == transform
         assert result.shape == bordered.shape[:2]
         scores = result.read(1)
-    expected = numpy_rx(prepare_cube(cube, 30)[0])  # one tile covering the scene: RX of the valid pixels alone
+    # plain RX defaults to global RX of the float64 scaled input: RX of the valid pixels alone
+    expected = numpy_rx(prepare_cube(cube, 30, dtype=np.float64)[0])
     np.testing.assert_allclose(_inside(scores, cube.shape), expected, rtol=1e-6, atol=1e-6 * expected.max())  # float32 map
     assert np.isnan(scores).sum() == bordered.shape[0] * bordered.shape[1] - cube.size // cube.shape[2]
 
