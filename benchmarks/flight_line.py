@@ -139,7 +139,8 @@ def main(argv=None) -> int:
                                  "auc": row_file["auc"], "detect_seconds": row_file["seconds"],
                                  "wall_seconds": result["seconds"], "peak_rss_mib": result["peak_rss_mib"],
                                  "maps": sorted(path.name for path in out.iterdir() if "_scores." in path.name)})
-                    print(f"{kind:>17}: {rows[-1]['shape'][0]}×{rows[-1]['shape'][1]}, {size_bytes / 2 ** 30:.2f} GiB, "
+                    height, width = rows[-1]["shape"]
+                    print(f"{kind:>17}: {height}×{width}, {size_bytes / 2 ** 30:.2f} GiB, "
                           f"{branches}/{background} RX: AUC {row_file['auc']:.4f}, {result['seconds']:.0f} s wall, "
                           f"peak RSS {result['peak_rss_mib']:.0f} MiB")
     from fers.outputs import write_json

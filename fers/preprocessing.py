@@ -138,9 +138,6 @@ class NodataRule:
         return ", ".join(parts + (["0 in every band"] if self.zero_pixels else []))
 
 
-NODATA_CHOICES = ("auto", "none")
-
-
 def nodata_rule(nodata, declared: float | None = None) -> NodataRule | None:
     """The rule of a ``nodata`` setting: ``None``/``"none"`` → None (no pixel is masked; NaN/Inf and
     fill values are refused, as the benchmark commands do); ``"auto"`` → NaN/Inf, the ``declared``
@@ -178,10 +175,15 @@ def valid_pixels(cube, rule: NodataRule, name: str = "cube", chunk_bytes: int | 
     rows = chunk_rows(cube.shape, chunk_bytes)
     for start in range(0, cube.shape[0], rows):
         valid[start:start + rows] = ~invalid_mask(cube[start:start + rows], rule)
-    if valid.sum() < 2:
-        raise FersError(f"{name}: {valid.size - valid.sum()} of {valid.size} pixels are no-data (`nodata`: "
-                        f"{rule.describe()}); fewer than two valid pixels are left to detect anomalies in")
+    _require_valid(valid, rule, name)
     return None if valid.all() else valid
+
+
+def _require_valid(valid: np.ndarray, rule: NodataRule, name: str) -> None:
+    count = int(valid.sum())
+    if count < 2:
+        raise FersError(f"{name}: {valid.size - count} of {valid.size} pixels are no-data (`nodata`: "
+                        f"{rule.describe()}); fewer than two valid pixels are left to detect anomalies in")
 
 
 def raise_invalid(name: str, bad: int, nodata: int, hint: str = "") -> None:
@@ -328,9 +330,8 @@ def scan_cube(cube, channels: int, policy: str = "interp", name: str = "cube", n
             whole = selected if rows >= cube.shape[0] and nodata is None else None
     raise_invalid(name, bad, nodata_count, hint)
     masked = int(valid.size - valid.sum()) if valid is not None else 0
-    if valid is not None and valid.sum() < 2:
-        raise FersError(f"{name}: {masked} of {valid.size} pixels are no-data (`nodata`: {nodata.describe()}); "
-                        "fewer than two valid pixels are left to detect anomalies in")
+    if valid is not None:
+        _require_valid(valid, nodata, name)
     if not high > low:
         raise FersError(f"{name}: the cube is constant (every value is {low:g}); "
                         "it holds no signal to detect anomalies in")

@@ -329,13 +329,14 @@ class DiskArray:
         self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(dtype)
         handle, name = tempfile.mkstemp(prefix="fers-accumulator-", suffix=".raw", dir=folder)
         self.path = Path(name)
+        size = int(np.prod(self.shape)) * self.dtype.itemsize
         try:
-            os.ftruncate(handle, int(np.prod(self.shape)) * self.dtype.itemsize)
+            os.ftruncate(handle, size)
         except OSError as error:
             os.close(handle)
             self.path.unlink()
-            raise FersError(f"{self.path.parent}: cannot create a {np.prod(self.shape) * self.dtype.itemsize / 2 ** 30:.1f}"
-                            f" GiB working file ({error.strerror}); free disk space or set TMPDIR") from None
+            raise FersError(f"{self.path.parent}: cannot create a {size / 2 ** 30:.1f} GiB working file "
+                            f"({error.strerror}); free disk space or set TMPDIR") from None
         os.close(handle)
 
     def _map(self, mode: str):

@@ -203,7 +203,8 @@ def test_a_geotiff_line_keeps_its_georeferencing(tmp_path, capsys):
         scores = result.read(1)
     # plain RX defaults to global RX of the float64 scaled input: RX of the valid pixels alone
     expected = numpy_rx(prepare_cube(cube, 30, dtype=np.float64)[0])
-    np.testing.assert_allclose(_inside(scores, cube.shape), expected, rtol=1e-6, atol=1e-6 * expected.max())  # float32 map
+    # a float32 map
+    np.testing.assert_allclose(_inside(scores, cube.shape), expected, rtol=1e-6, atol=1e-6 * expected.max())
     assert np.isnan(scores).sum() == bordered.shape[0] * bordered.shape[1] - cube.size // cube.shape[2]
 
 
@@ -328,7 +329,8 @@ def test_missing_rasterio_is_named(tmp_path, monkeypatch, capsys):
     line = _write_envi_line(tmp_path / "line.hdr", cube, crs_string=False)
     (tmp_path / "x.tif").write_bytes(b"II*\x00")
     monkeypatch.setitem(sys.modules, "rasterio", None)
-    with pytest.raises(FersError, match=r"x.tif: GeoTIFF files need the optional 'rasterio' package: pip install rasterio"):
+    with pytest.raises(FersError, match=r"x.tif: GeoTIFF files need the optional 'rasterio' package: "
+                                        r"pip install rasterio"):
         open_raster(tmp_path / "x.tif")
     code, out, err = call_main("fers.cli.detect", "main", [line, "--branches", "none", "--input_channel", 5,
                                                           "--save_dir", tmp_path / "out", "--no_progress"], capsys)

@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run FERS (or FERD, or plain RX) on one hyperspectral scene of any size, in "
                     "overlapping tiles. Writes <scene>_scores.npy/.mat/.png and <scene>_results.json into "
                     "--save_dir, and results.json/results.csv: one row per scene detected into that folder "
-                    "(metrics when a ground truth is given or found) and the mean. GeoTIFF inputs, and ENVI inputs with map "
-                    "info, also get <scene>_scores.tif in their georeferencing; ENVI inputs <scene>_scores.hdr.")
+                    "(metrics when a ground truth is given or found) and the mean. GeoTIFF inputs, and ENVI "
+                    "inputs with map info, also get <scene>_scores.tif in their georeferencing; ENVI inputs "
+                    "<scene>_scores.hdr.")
     parser.add_argument("scene", help="cube file: .mat (v5 or v7.3), .npy, .npz, ENVI .hdr (needs 'spectral') or "
                         "GeoTIFF .tif (needs 'rasterio'); .npy, ENVI and GeoTIFF are read tile by tile")
     add_model_arguments(parser, default_channels=200, band_policies=BAND_POLICIES)
