@@ -6,6 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fers.cli.compare import main  # noqa: E402
+from fers.errors import run_command  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    run_command(main)  # exits without the interpreter's teardown

@@ -6,6 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fers.cli.evaluate import had100_main  # noqa: E402
+from fers.errors import run_command  # noqa: E402
 
 if __name__ == "__main__":
-    had100_main()
+    run_command(had100_main)  # exits without the interpreter's teardown

@@ -6,6 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fers.cli.evaluate import abu_main  # noqa: E402
+from fers.errors import run_command  # noqa: E402
 
 if __name__ == "__main__":
-    abu_main()
+    run_command(abu_main)  # exits without the interpreter's teardown

@@ -75,8 +75,9 @@ def prepare(work: Path, checkpoint_dir: str | None, scenes: int = CROPS) -> dict
     return {"crops": crops, "crops20": subset, "checkpoints": Path(checkpoint_dir), "abu": shared_abu_dir()}
 
 
-def cases(files: dict, work: Path, quick: bool) -> dict:
-    """name → argv (after the interpreter); ``None`` marks the in-process compute case."""
+def cases(files: dict, work: Path, quick: bool, baseline: str | None = None) -> dict:
+    """name → argv (after the interpreter). ``baseline``: another checkout whose ``test.py`` runs on
+    the same files too (before/after in one run)."""
     python_files = {"ck": str(files["checkpoints"]), "crops": str(files["crops"])}
     out = work / "out"
     common = ["--input_channel", "200", "--checkpoint_dir", python_files["ck"], "--no_progress"]
@@ -91,6 +92,9 @@ def cases(files: dict, work: Path, quick: bool) -> dict:
         "compute": [str(Path(__file__).resolve()), "--compute_only", "--data_path", python_files["crops"],
                     "--checkpoint_dir", python_files["ck"]],
     }
+    if baseline:
+        table["baseline_test_py"] = [str(Path(baseline) / "test.py"), *common, "--data_path", python_files["crops"],
+                                     "--save_dir", str(out / "baseline_test_py")]
     if not quick:
         table.update({
             "fers_abu_test_py": [str(REPO_ROOT / "FERS_ABU" / "test.py"), *common, "--data_path", str(files["abu"]),
@@ -176,6 +180,8 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint_dir", default=None, help="checkpoints to use (default: random-init ones)")
     parser.add_argument("--quick", action="store_true", help="only start-up, test.py, the reference and compute")
     parser.add_argument("--scenes", type=int, default=CROPS, help="crops (default %(default)s; fewer: a smoke run)")
+    parser.add_argument("--baseline", default=None, help="another checkout (e.g. the main branch) whose test.py "
+                        "runs on the same files in the same rounds")
     parser.add_argument("--output", default=str(BENCHMARKS / "results" / "end_to_end.json"))
     parser.add_argument("--compute_only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data_path", default=None, help=argparse.SUPPRESS)
@@ -189,7 +195,7 @@ def main(argv=None) -> int:
     temporary = None if args.work else tempfile.TemporaryDirectory(prefix="fers-e2e-")
     work = Path(args.work or temporary.name)
     files = prepare(work, args.checkpoint_dir, args.scenes)
-    table = cases(files, work, args.quick)
+    table = cases(files, work, args.quick, args.baseline)
     info = machine("cpu")
     print(f"end-to-end benchmark on {info['cpu']}, {info['cores']} cores, load average {info['load_average']}; "
           f"{args.rounds} interleaved rounds")
@@ -222,6 +228,7 @@ def main(argv=None) -> int:
         "test_py_s": ours["wall_s"], "reference_test_py_s": reference["wall_s"],
         "ratio_vs_reference_style": reference["wall_s"] / ours["wall_s"],
         "in_process_compute_s": compute_s, "whole_over_compute": ours["wall_s"] / compute_s,
+        "baseline_test_py_s": by_name.get("baseline_test_py", {}).get("wall_s"),
         "import_torch_s": torch_s, "help_beyond_torch_s": by_name["test_py_help"]["wall_s"] - torch_s,
         "first_batch_beyond_torch_s": ours.get("first_batch_s", float("nan")) - torch_s,
         "targets": {"ratio_vs_reference_style >= 3": reference["wall_s"] / ours["wall_s"] >= 3,

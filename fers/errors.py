@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import sys
 import warnings
@@ -94,3 +95,32 @@ def cli_entry(main):
             profiling.finish_command()
 
     return wrapper
+
+
+def run_command(main) -> None:
+    """Run a command's ``main()`` as the script's whole work and end the process with its exit code,
+    without tearing the interpreter down: after ``import torch`` the teardown (freeing every module)
+    takes 0.5–1.5 s of a command's wall time, for nothing. The ``atexit`` handlers still run and the
+    output streams are flushed; with other (non-daemon) threads alive it exits normally."""
+    try:
+        code = main()
+    except SystemExit as exit_info:
+        code = exit_info.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    import atexit
+    import threading
+
+    if any(thread.is_alive() and not thread.daemon for thread in threading.enumerate()
+           if thread is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
