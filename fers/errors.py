@@ -67,9 +67,10 @@ def console_logging() -> None:
         logger.setLevel(logging.INFO)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A Python warning as the commands print one: ``warning: <message>`` (parameters as flags)."""
-    _write(f"warning: {as_flags(str(message))}", sys.stderr)
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A Python warning as the commands print one: ``warning: <message>`` (parameters as flags).
+    Installed as ``warnings.formatwarning``, so a context that records warnings (pytest's) still does."""
+    return f"warning: {as_flags(str(message))}\n"
 
 
 def cli_entry(main):
@@ -81,7 +82,7 @@ def cli_entry(main):
 
         profiling.start_command(f"{main.__module__}.{main.__name__}")
         console_logging()
-        shown_before, warnings.showwarning = warnings.showwarning, _show_warning
+        formatted_before, warnings.formatwarning = warnings.formatwarning, _format_warning
         try:
             return main(argv)
         except FersError as error:
@@ -91,7 +92,7 @@ def cli_entry(main):
             print("interrupted", file=sys.stderr)
             sys.exit(130)
         finally:
-            warnings.showwarning = shown_before
+            warnings.formatwarning = formatted_before
             profiling.finish_command()
 
     return wrapper
