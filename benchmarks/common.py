@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -24,6 +23,7 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from fers.io import write_json  # noqa: E402
+from fers.tuning import cpu_model  # noqa: E402,F401 (re-exported for the benchmarks)
 from fers.utils import default_threads, versions  # noqa: E402
 
 
@@ -136,16 +136,6 @@ class PeakMemory:
             self._peak = max(self._peak, _rss_bytes())
             self.peak_mib = (self._peak - self._base) / 2 ** 20
         return False
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine(device="cpu") -> dict:

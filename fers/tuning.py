@@ -108,11 +108,12 @@ def machine() -> dict:
     levels = cache_levels()
     l2 = levels.get(2, DEFAULT_L2_BYTES)
     llc = levels.get(max(levels), DEFAULT_LLC_BYTES) if levels else DEFAULT_LLC_BYTES
-    return {"cpu": _cpu_model(), "cores": len(usable_cpus()), "l2_bytes": l2, "llc_bytes": llc,
+    return {"cpu": cpu_model(), "cores": len(usable_cpus()), "l2_bytes": l2, "llc_bytes": llc,
             "cache_levels": levels}
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
