@@ -13,6 +13,7 @@ from ..errors import FersError, cli_entry
 from ..evaluation import Detector
 from ..io import CUBE_SUFFIXES, EMBEDDED, read_scene
 from ..outputs import OutputFolder, check_writable_dir, save_mat, save_npy, write_json
+from ..profiling import phase
 from ..results import measure, scene_row
 from ..scene_detection import BACKGROUNDS, TileGrid, detect_scene, prepare_scene, write_scene_results
 from ..utils import REPO_ROOT, default_threads, resolve_device, versions
@@ -91,8 +92,9 @@ def main(argv=None):
     detector = Detector.from_checkpoints(args.checkpoint_dir, args.input_channel, args.branches, device=device,
                                          fusion=args.fusion, rx_precision=args.rx_precision)
     gt = _ground_truth_arg(args)
-    scene = read_scene(path, gt, cube_key=args.cube_key, gt_key=args.gt_key, layout=cube_layout(args),
-                       mmap=path.suffix.lower() == ".npy")
+    with phase("read_validate"):
+        scene = read_scene(path, gt, cube_key=args.cube_key, gt_key=args.gt_key, layout=cube_layout(args),
+                           mmap=path.suffix.lower() == ".npy")
     cube, mask, gt_source, layout_used = scene.cube, scene.mask, scene.gt_source, scene.layout
     if mask is not None and mask.shape != cube.shape[:2]:
         raise FersError(f"{args.gt or path}: ground truth is {mask.shape[0]}×{mask.shape[1]} but the scene "
@@ -109,7 +111,8 @@ def main(argv=None):
           f"fusion={detector.fusion}, rx_precision={detector.rx_precision}, device={device}")
     from ..report import preload_in_background, save_heatmap
 
-    preload_in_background()  # the heat map's matplotlib loads while the networks run
+    detector.warm_up()
+    preload_in_background()  # matplotlib and scipy.io load while the networks run
     scores = detect_scene(detector, prepared, args.tile, args.overlap, args.background, args.batch_size,
                           progress=not args.no_progress)
     seconds = time.perf_counter() - started
@@ -121,7 +124,7 @@ def main(argv=None):
                     labelled=mask is not None)
     config = {**vars(args), **detector.describe(), "device": str(device), "ground_truth": gt_source,
               "cube_layout_used": layout_used, "tile_rows": grid.tile_rows, "tile_cols": grid.tile_cols}
-    with OutputFolder(args.save_dir) as out:
+    with phase("write_outputs"), OutputFolder(args.save_dir) as out:
         save_npy(out / f"{name}_scores.npy", scores)
         save_mat(out / f"{name}_scores.mat", {"scores": scores})
         save_heatmap(out / f"{name}_scores.png", scores,
