@@ -158,31 +158,24 @@ def gram_blocked_min_channels() -> int:
 
 # --------------------------------------------------------------------------- OpenMP waiting
 
-# A machine whose 1-minute load average is at least this many runnable tasks per usable CPU is busy.
-BUSY_LOAD_PER_CPU = 1.0
 _WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
-def busy_machine() -> bool:
-    """Whether other work already keeps the usable CPUs busy (1-minute load average)."""
-    try:
-        return os.getloadavg()[0] >= BUSY_LOAD_PER_CPU * len(usable_cpus())
-    except (AttributeError, OSError):
-        return False
-
-
 def configure_openmp(environ=None) -> str | None:
-    """Before torch is loaded (the commands call this first): on a busy machine, let OpenMP's
-    waiting threads sleep at once (``OMP_WAIT_POLICY=PASSIVE``) instead of spinning. A spinning
-    thread whose partner was preempted burns the core the partner needs, at every one of the many
-    small parallel regions of RX and the convolutions: measured on the 2-vCPU AMD VM at a load
-    average of 4, ``test.py`` on 20 scenes took 26–28 s with spinning and 16 s with passive waiting
-    (RX 5.4 → 1.4 s). An explicit setting of the user's, or torch already loaded, is left alone.
-    Returns the policy set, or None. Waiting never changes a result."""
+    """Before torch is loaded (the commands call this first): OpenMP's waiting threads sleep at once
+    (``OMP_WAIT_POLICY=PASSIVE``) instead of spinning. A spinning thread whose partner was preempted
+    (by another process, or by the commands' own scene reader) burns the core the partner needs, at
+    every one of the many small parallel regions of RX and the convolutions. Measured on the 2-vCPU
+    AMD VM: at a load average of 4, ``test.py`` on 20 scenes took 26–28 s spinning and 16 s waiting
+    passively (RX 5.4 → 1.4 s), and a run that started spinning on a quiet machine took 107 s
+    instead of 21 s when other work arrived; on the quiet machine 8 scenes' networks took 0.71 s
+    spinning and 0.81 s passive, their RX 0.35 s and 0.24 s (the same in total). An explicit setting
+    of the user's, or torch already loaded, is left alone. Returns the policy set, or None. Waiting
+    never changes a result."""
     import sys
 
     environ = os.environ if environ is None else environ
-    if "torch" in sys.modules or any(name in environ for name in _WAIT_SETTINGS) or not busy_machine():
+    if "torch" in sys.modules or any(name in environ for name in _WAIT_SETTINGS):
         return None
     environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return "PASSIVE"

@@ -68,3 +68,25 @@ def default_threads() -> None:
         available = os.cpu_count() or 1
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, available))
+
+
+def in_background(function, name: str) -> None:
+    """Run ``function`` on a daemon thread, e.g. an import an output writer will need: imports and
+    other work that hold the interpreter overlap with the networks, which release it. Its errors are
+    ignored here (the caller meets them again when it does the work itself)."""
+    import threading
+
+    def run():
+        try:
+            function()
+        except Exception:  # the work is redone, and fails loudly, where it is needed
+            pass
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+
+
+def preload(*modules: str) -> None:
+    """Import ``modules`` in the background (:func:`in_background`)."""
+    import importlib
+
+    in_background(lambda: [importlib.import_module(module) for module in modules], f"fers-preload-{modules[0]}")

@@ -214,15 +214,12 @@ def test_initialisation_is_skipped_only_in_the_loading_thread(random_checkpoints
     assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)
 
 
-def test_openmp_threads_wait_passively_only_on_a_busy_machine_before_torch_loads(monkeypatch):
+def test_openmp_threads_wait_passively_when_set_before_torch_loads(monkeypatch):
     environ = {}
-    monkeypatch.setattr(tuning, "busy_machine", lambda: True)
     assert tuning.configure_openmp(environ) is None and environ == {}  # torch already loaded: too late
     monkeypatch.delitem(sys.modules, "torch")
     assert tuning.configure_openmp(environ) == "PASSIVE" and environ == {"OMP_WAIT_POLICY": "PASSIVE"}
     assert tuning.configure_openmp({"GOMP_SPINCOUNT": "1000"}) is None  # the user's own setting wins
-    monkeypatch.setattr(tuning, "busy_machine", lambda: False)
-    assert tuning.configure_openmp({}) is None
 
 
 def test_scripts_end_without_teardown_with_their_exit_code_and_all_output(tmp_path):

@@ -2,4 +2,4 @@
 
 from ..tuning import configure_openmp
 
-configure_openmp()  # before torch loads: OpenMP threads wait passively on a busy machine
+configure_openmp()  # before torch loads: OpenMP threads wait passively (fers.tuning)

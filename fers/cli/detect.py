@@ -14,6 +14,7 @@ from ..evaluation import Detector
 from ..bands import BAND_POLICIES
 from ..io import CUBE_SUFFIXES, EMBEDDED, load_wavelengths, read_scene
 from ..outputs import OutputFolder, check_writable_dir, save_mat, save_npy, write_json
+from ..profiling import phase
 from ..results import measure, scene_row
 from ..map_outputs import write_scene_maps
 from ..preprocessing import nodata_rule
@@ -139,7 +140,8 @@ def main(argv=None):
                                          model_wavelengths=model_wavelengths)
     background = args.background = args.background or detector.default_background()
     gt = _ground_truth_arg(args)
-    scene = read_scene(path, gt, cube_key=args.cube_key, gt_key=args.gt_key, layout=cube_layout(args), lazy=True)
+    with phase("read_validate"):
+        scene = read_scene(path, gt, cube_key=args.cube_key, gt_key=args.gt_key, layout=cube_layout(args), lazy=True)
     cube, mask, gt_source, layout_used = scene.cube, scene.mask, scene.gt_source, scene.layout
     if mask is not None and mask.shape != cube.shape[:2]:
         raise FersError(f"{args.gt or path}: ground truth is {mask.shape[0]}×{mask.shape[1]} but the scene "
@@ -163,7 +165,8 @@ def main(argv=None):
           f"fusion={detector.fusion}, rx_precision={detector.rx_precision}, device={device}")
     from ..report import preload_in_background, save_heatmap
 
-    preload_in_background()  # the heat map's matplotlib loads while the networks run
+    detector.warm_up()
+    preload_in_background()  # matplotlib and scipy.io load while the networks run
     scores = detect_scene(detector, prepared, args.tile, args.overlap, background, args.batch_size,
                           progress=not args.no_progress, valid=valid)
     seconds = time.perf_counter() - started
@@ -183,7 +186,7 @@ def main(argv=None):
               "cube_layout_used": layout_used, "tile_rows": grid.tile_rows, "tile_cols": grid.tile_cols,
               "nodata_rule": source.rule.describe() if source.rule is not None else None,
               "georeferenced": georeference is not None}
-    with OutputFolder(args.save_dir) as out:
+    with phase("write_outputs"), OutputFolder(args.save_dir) as out:
         save_npy(out / f"{name}_scores.npy", scores)
         save_mat(out / f"{name}_scores.mat", {"scores": scores})
         save_heatmap(out / f"{name}_scores.png", scores,
