@@ -65,6 +65,11 @@ class BandMapping:
     scene_wavelengths: tuple | None = None
     warning: str | None = None
 
+    @property
+    def keeps_every_band(self) -> bool:
+        """True when :meth:`apply` returns the scene's own bands unchanged, in order."""
+        return self.indices == tuple(range(self.scene_bands))
+
     def apply(self, cube) -> np.ndarray:
         """The ``(rows, cols, C)`` bands of a ``(rows, cols, B)`` cube or row chunk (a contiguous
         selection stays a view; blends are float64, cast to at least float32)."""

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint_files import RESTORATION_FILE, SPATIAL_FILE, STAGE1_FILES, band_folder  # noqa: F401 (re-exported)
 from .errors import FersError, cli_entry
 from .fen import FEN, REFERENCE_BACKBONE
 from .outputs import _first_sentence, atomic_torch_save
@@ -31,16 +32,6 @@ from .restoration import RestorationNetwork, drop_legacy_attention_biases
 from .spatial_branch import SPATIAL_BACKBONE, SpatialBranch
 
 _log = logging.getLogger(__name__)
-
-STAGE1_FILES = ("convh.pt", "enc.pt", "pc.pt")
-SPATIAL_FILE = "spa_fen.pt"
-RESTORATION_FILE = "restoration.pt"
-
-
-def band_folder(checkpoint_dir, channels: int) -> Path:
-    """``<checkpoint_dir>/<C>bands``, the reference layout."""
-    return Path(checkpoint_dir) / f"{channels}bands"
-
 
 def save_state(path, module: torch.nn.Module, config: dict | None = None) -> None:
     """``torch.save({'state_dict': module.state_dict(), 'config': config})``, atomically."""

@@ -8,15 +8,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .choices import BRANCHES, FUSIONS, RX_PRECISIONS  # noqa: F401 (re-exported)
 from .errors import FersError, ParameterError
 from .preprocessing import minmax_scale
 from . import tuning
 from .rx import (GRAM_BLOCKED_MIN_CHANNELS, NUMPY_PINV_RCOND, RX_CHOLESKY_MAX_CONDITION,  # noqa: F401 (re-exported)
                  batch_statistics, reference_inverse, solve_covariance)
 
-RX_PRECISIONS = ("reference", "float64", "float32")
-FUSIONS = ("auto", "sum", "product")
-BRANCHES = ("both", "spectral", "spatial")
 
 
 def _as_pixels(cubes: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from .outputs import OutputFolder, save_mat, write_text
 from .preprocessing import to_batch
 from .profiling import mark, phase
 from .results import measure, scene_row, summary, write_results
-from .scene_reader import SceneReader, manifest_entry, read_all
+from .scene_reader import SceneReader, manifest_entry, read_all, scene_reader  # noqa: F401 (re-exported)
 from .utils import preload, versions
 
 _log = logging.getLogger(__name__)
@@ -405,13 +405,6 @@ def evaluate(detector: Detector, scenes: list[Scene], band_policy: str = "interp
         config.update({"ae_steps": ae_steps, "ae_select": ae_select, "seed": seed,
                        "ae_selection_uses_ground_truth": ae_select == "oracle"})
     return Evaluation(results, scores, masks, total, config, reader.manifest, labelled)
-
-
-def scene_reader(scenes: list[Scene], channels: int, band_policy: str = "interp", batch_size: int = 16,
-                 log=None) -> SceneReader:
-    """The reader :func:`evaluate` uses: scenes prepared for ``channels`` and hashed for the data
-    manifest, one batch ahead. Start it (``with`` or ``.start()``) to read while doing other work."""
-    return SceneReader(scenes, channels, band_policy, log, ahead=max(batch_size, 2), hash_files=True)
 
 
 def data_manifest(scenes: list[Scene]) -> list[dict]:

@@ -107,15 +107,21 @@ def nodata_pixels(cube: np.ndarray, low=None, high=None, values=NODATA_VALUES) -
     return found
 
 
-def invalid_pixels(cube: np.ndarray) -> tuple[int, int]:
+def invalid_pixels(cube: np.ndarray, low=None, high=None) -> tuple[int, int]:
     """``(pixels holding NaN/Inf, pixels holding a no-data fill value)`` of a ``(rows, cols, bands)``
-    cube or row chunk; a pixel counts once, whichever of its bands holds the value."""
-    if cube.dtype.kind == "f":
+    cube or row chunk; a pixel counts once, whichever of its bands holds the value. ``low``/``high``:
+    the chunk's ``np.min``/``np.max`` if the caller has them (NaN and ±Inf show in them, so a finite
+    pair spares the per-value finiteness pass)."""
+    if low is None or high is None:
+        low, high = (float(np.min(cube)), float(np.max(cube))) if cube.size else (math.inf, -math.inf)
+    if cube.dtype.kind == "f" and cube.size and not (math.isfinite(low) and math.isfinite(high)):
         bad = int((~np.isfinite(cube)).any(axis=2).sum())
         if bad:
             return bad, 0
+    if cube.size and not (math.isfinite(low) and math.isfinite(high)):  # cannot happen without NaN/Inf
+        low = high = None
     nodata = np.zeros(cube.shape[:2], dtype=bool)
-    for hit in nodata_pixels(cube).values():
+    for hit in nodata_pixels(cube, low, high).values():
         nodata |= hit
     return 0, int(nodata.sum())
 
@@ -307,8 +313,10 @@ def scan_cube(cube, channels: int, policy: str = "interp", name: str = "cube", n
     band_sum, count = 0.0, 0
     for start in range(0, cube.shape[0], rows):
         chunk = np.asarray(cube[start:start + rows])
+        chunk_range = None
         if nodata is None:
-            chunk_bad, chunk_nodata = invalid_pixels(chunk)
+            chunk_range = (float(np.min(chunk)), float(np.max(chunk))) if chunk.size else None
+            chunk_bad, chunk_nodata = invalid_pixels(chunk, *(chunk_range or (None, None)))
             bad, nodata_count = bad + chunk_bad, nodata_count + chunk_nodata
             if bad:
                 continue
@@ -319,11 +327,15 @@ def scan_cube(cube, channels: int, policy: str = "interp", name: str = "cube", n
                 chunk = chunk[keep][None]  # the valid pixels as one (1, P, bands) row
             if not chunk.size:
                 continue
-        low, high = min(low, float(np.min(chunk))), max(high, float(np.max(chunk)))
+        chunk_low, chunk_high = chunk_range or (float(np.min(chunk)), float(np.max(chunk)))
+        low, high = min(low, chunk_low), max(high, chunk_high)
         if policy_error is None:
             selected = mapping.apply(chunk)
-            selected_low = min(selected_low, float(np.min(selected)))
-            selected_high = max(selected_high, float(np.max(selected)))
+            if mapping.keeps_every_band:  # the same values: the same range
+                selected_low, selected_high = min(selected_low, chunk_low), max(selected_high, chunk_high)
+            else:
+                selected_low = min(selected_low, float(np.min(selected)))
+                selected_high = max(selected_high, float(np.max(selected)))
             if nodata is not None:
                 band_sum = band_sum + selected.reshape(-1, channels).sum(0, dtype=np.float64)
                 count += selected.shape[0] * selected.shape[1]

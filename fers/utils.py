@@ -1,4 +1,7 @@
-"""Small shared helpers: devices, seeds, versions, repository paths."""
+"""Small shared helpers: devices, seeds, versions, repository paths.
+
+No torch at import: the command lines parse their arguments and start reading scenes while torch
+loads (:mod:`fers.cli.evaluate`); the helpers that need it import it when called."""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import FersError
 
@@ -18,8 +20,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = "auto"):
     """``auto`` → the first CUDA device if there is one, else the CPU; ``cuda`` without a GPU is an error."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -33,6 +37,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
+    import torch
+
     torch.manual_seed(seed)
 
 
@@ -46,6 +52,8 @@ def git_revision() -> str | None:
 
 def versions() -> dict:
     """Versions recorded with every run and result."""
+    import torch
+
     from . import __version__
 
     return {"fers": __version__, "git": git_revision(), "python": sys.version.split()[0],
@@ -54,8 +62,10 @@ def versions() -> dict:
             "threads": torch.get_num_threads()}
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device) -> str:
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.get_device_name(device)
     return platform.processor() or platform.machine()
 
@@ -67,6 +77,8 @@ def default_threads() -> None:
     except AttributeError:
         available = os.cpu_count() or 1
     if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
         torch.set_num_threads(max(1, available))
 
 

@@ -29,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoints import SPATIAL_FILE, STAGE1_FILES, band_folder
+from .checkpoint_files import SPATIAL_FILE, STAGE1_FILES, band_folder
 from .errors import FersError, ParameterError
 from .outputs import _first_sentence, atomic_path
 

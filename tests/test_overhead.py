@@ -63,6 +63,52 @@ def test_scene_reader_keeps_order_and_stops_when_left_early(had100_layout):
     assert not _reader_threads()
 
 
+def test_scene_reader_reads_ahead_by_scenes_or_bytes_whichever_allows_more(had100_layout):
+    scenes = had100_manifest(had100_layout)
+    one_scene = 64 * 64 * 50 * 4  # a prepared 64×64 scene at 50 bands, float32
+    for ahead_bytes, expected in ((0, 1), (one_scene, 1), (2 * one_scene, 2), (1 << 30, 3)):
+        reader = SceneReader(scenes, 50, "interp", log=lambda line: None, ahead=1, ahead_bytes=ahead_bytes)
+        with reader:
+            for _ in range(1000):  # until the reader blocks for room or has read everything
+                if _waiting(reader) or not reader.thread.is_alive():
+                    break
+                threading.Event().wait(0.01)
+            assert reader.held[0] == expected, ahead_bytes
+            assert [item.index for item in reader] == [0, 1, 2]
+    assert not _reader_threads()
+
+
+def _waiting(reader) -> bool:
+    """The reader thread is blocked for room (its queue full)."""
+    with reader.room:
+        return reader._full()
+
+
+def test_the_evaluation_commands_read_scenes_before_torch_loads():
+    # test.py and FERS_ABU/test.py parse their arguments and start the reader thread first, so the
+    # scenes are read and hashed on the otherwise idle core while `import torch` runs
+    code = ("import sys; import fers.cli.evaluate, fers.cli.common, fers.scene_reader, fers.utils, fers.weights; "
+            "print(sorted(m for m in ('torch', 'fers.evaluation', 'fers.checkpoints') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+@pytest.mark.parametrize("fill", [np.nan, np.inf, -np.inf, -9999.0, 1e-34, None])
+def test_invalid_pixels_from_the_chunk_range_counts_as_the_full_scan(fill):
+    from fers.preprocessing import invalid_pixels
+
+    rng = np.random.default_rng(4)
+    cube = rng.random((9, 7, 12)).astype(np.float32)
+    if fill is not None:
+        cube[2, 3, 5] = cube[4, 1, 0] = cube[4, 1, 7] = fill
+    with np.errstate(invalid="ignore"):
+        given = invalid_pixels(cube, float(np.min(cube)), float(np.max(cube)))
+    finite = np.isfinite(cube)
+    expected_bad = int((~finite).any(axis=2).sum())
+    expected_fill = 0 if fill is None or expected_bad else int(np.isclose(cube, fill, rtol=1e-6, atol=0).any(2).sum())
+    assert given == invalid_pixels(cube) == (expected_bad, expected_fill)
+
+
 def test_profile_records_every_phase(had100_layout, random_checkpoints, tmp_path, capsys, monkeypatch):
     path = tmp_path / "profile.json"
     monkeypatch.setattr(profiling, "_ACTIVE", profiling.Profile(path))  # as FERS_PROFILE=path at start-up

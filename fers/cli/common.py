@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from .. import detectors
+from .. import choices
 from ..errors import PARAMETER_FLAGS, ConsoleHandler, FersError, as_flags, console_logging  # noqa: F401 (re-exported)
 from ..io import CUBE_LAYOUTS, LAYOUT_CHECK
 from ..bands import ENTROPY_BINS, POSITION_POLICIES, STATISTIC_POLICIES, WAVELENGTH_TOLERANCE_NM
@@ -40,22 +40,22 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_channels: int, 
     source.add_argument("--weights", choices=NAMES, default=None, metavar="NAME",
                         help=f"the authors' released weights by name instead of --checkpoint_dir: {', '.join(NAMES)} "
                              "(downloaded once into torch.hub's cache, verified by hash before every use)")
-    parser.add_argument("--branches", choices=detectors.BRANCHES, default=None,
+    parser.add_argument("--branches", choices=choices.BRANCHES, default=None,
                         help="both = FERS; spectral = FERD only (needs only convh/enc/pc.pt); spatial = spatial "
                              "only (default: both, or spectral for a ferd-* --weights)")
     parser.model_defaults = {"input_channel": default_channels, "branches": "both"}
     if abu:
-        parser.add_argument("--fusion", choices=detectors.FUSIONS, default="sum",
+        parser.add_argument("--fusion", choices=choices.FUSIONS, default="sum",
                             help="sum (default, the reference FERS_ABU at every band count): RX(x + spa + spe); "
                                  "auto = test.py's HAD100 rule (product of branch maps for <=50 bands, sum above)")
-        parser.add_argument("--rx_precision", choices=detectors.RX_PRECISIONS, default="float64",
+        parser.add_argument("--rx_precision", choices=choices.RX_PRECISIONS, default="float64",
                             help="float64 (default, the reference FERS_ABU at every band count); reference = "
                                  "test.py's HAD100 rule (float32 pinv path for <=50 bands, float64 above); "
                                  "float32 everywhere")
     else:
-        parser.add_argument("--fusion", choices=detectors.FUSIONS, default="auto",
+        parser.add_argument("--fusion", choices=choices.FUSIONS, default="auto",
                             help="auto = reference rule: product of branch maps for <=50 bands, sum above")
-        parser.add_argument("--rx_precision", choices=detectors.RX_PRECISIONS, default="reference",
+        parser.add_argument("--rx_precision", choices=choices.RX_PRECISIONS, default="reference",
                             help="reference = float32 pinv path for <=50 bands and float64 above (reproduces the "
                                  "paper; plain RX without a branch: float64); float64 = numerically sound "
                                  "everywhere; float32 = float32 everywhere")

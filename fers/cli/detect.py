@@ -8,7 +8,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .. import detectors
+from .. import choices
 from ..errors import FersError, cli_entry
 from ..evaluation import Detector
 from ..bands import BAND_POLICIES
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_wavelengths", default=None, metavar="FILE",
                         help="the C band centres the model was trained on (same formats), for --band_policy "
                              "wavelength when its checkpoints record none (released checkpoints)")
-    parser.add_argument("--branches", choices=detectors.BRANCHES + ("none",), default=None,
+    parser.add_argument("--branches", choices=choices.BRANCHES + ("none",), default=None,
                         help="both = FERS; spectral = FERD only; spatial = spatial only; none = plain RX "
                              "(no checkpoint needed); default: both, or spectral for a ferd-* --weights")
     parser.add_argument("--batch_size", type=int, default=16, help="tiles per forward pass")

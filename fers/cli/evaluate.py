@@ -7,17 +7,21 @@ from pathlib import Path
 
 from ..datasets import HAD100_SENSOR, abu_manifest, had100_manifest
 from ..errors import cli_entry
-from ..evaluation import Detector, evaluate, scene_reader, summary_lines, write_outputs
 from ..outputs import check_writable_dir
+from ..profiling import phase
+from ..scene_reader import scene_reader
 from ..utils import REPO_ROOT, default_threads, resolve_device
 from .common import add_layout_argument, add_model_arguments, check_positive, cube_layout, resolve_model_arguments
 
 
 def _run(args, scenes, title: str, detect: str = "RX"):
-    default_threads()
     check_writable_dir(args.save_dir)
-    device = resolve_device(args.device)
-    with scene_reader(scenes, args.input_channel, args.band_policy, args.batch_size) as reader:  # reads meanwhile
+    # the scenes are read and hashed while torch loads (this module does not import it) and after
+    with scene_reader(scenes, args.input_channel, args.band_policy, args.batch_size) as reader:
+        with phase("imports"):
+            from ..evaluation import Detector, evaluate, summary_lines, write_outputs
+        default_threads()
+        device = resolve_device(args.device)
         detector = Detector.from_checkpoints(args.checkpoint_dir, args.input_channel, args.branches, device=device,
                                              fusion=args.fusion, rx_precision=args.rx_precision)
         print(f"{title}: {len(scenes)} scenes, {args.input_channel} bands, branches={detector.branches}, "
