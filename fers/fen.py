@@ -146,7 +146,7 @@ class FEN(nn.Module):
         and instead of computing layer1 on the padding and cropping it, let its last 3×3
         convolutions drop their zero padding (:func:`trim_padding`; all of them for
         Wide-ResNet-101-2 and ResNet-18, the last 4 of ResNet-34's 6), each shrinking the map by
-        its radius until it is the input's size (≈0.65 of 8.4 GFLOP of a 64×64×200 scene)."""
+        its radius until it is the input's size (64×64: 7.24 → 6.59 GFLOP for the FEN)."""
         if self.convh.pad_after:
             return
         self.convh.pad_after = True
