@@ -36,7 +36,23 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
 
-class BasicBlock(nn.Module):
+class ResidualBlock(nn.Module):
+    """What the ResNet blocks share: the shortcut, optionally cropped for valid convolutions.
+
+    ``shortcut_crop`` (0 as trained): pixels cropped from each side of the block's input before the
+    shortcut (and its 1×1 downsample), set by :func:`fers.fen.trim_padding` in an inference copy whose
+    3×3 convolutions run without zero padding, so the shortcut matches their smaller output."""
+
+    shortcut_crop = 0
+
+    def shortcut(self, x):
+        crop = self.shortcut_crop
+        if crop:  # a Python int: torch.fx traces the slicing as written
+            x = x[:, :, crop:-crop, crop:-crop]
+        return x if self.downsample is None else self.downsample(x)
+
+
+class BasicBlock(ResidualBlock):
     expansion = 1
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, base_width=64):
@@ -49,7 +65,7 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
+        identity = self.shortcut(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         # in place: BatchNorm's backward does not need its output; a method call, so torch.fx keeps it
@@ -57,7 +73,7 @@ class BasicBlock(nn.Module):
         return self.relu(out)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     expansion = 4
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, base_width=64):
@@ -73,7 +89,7 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
 
     def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
+        identity = self.shortcut(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))

@@ -242,13 +242,66 @@ def test_fen_inference_padding_gives_the_same_features(backbone, radius):
 
     torch.manual_seed(2)
     fen = FEN(20, backbone).eval()
+    for module in fen.modules():  # non-trivial BatchNorm statistics, so folding matters
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
     assert receptive_radius(fen.encoder.layer1) == radius
-    x = torch.rand(2, 20, 17, 23) * 0.2 - 0.1
+    keys = list(fen.state_dict())
+    x = torch.rand(3, 20, 17, 23) * 0.2 - 0.1
     with torch.inference_mode():
         plain = fen(x)
+        copy = inference_copy(fen, channels_last=True)  # trimmed, BatchNorm folded, channels-last
+        for batch in (1, 3):
+            torch.testing.assert_close(copy(x[:batch].contiguous(memory_format=torch.channels_last)),
+                                       plain[:batch], rtol=1e-5, atol=1e-6)
+        # the original keeps its padding and its checkpoint keys
+        assert all(m.padding == (1, 1) for m in fen.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))
+        assert list(fen.state_dict()) == keys and not fen.convh.pad_after
         fen.prepare_inference()
         assert fen.convh.pad == min(PAD, radius) and fen.convh.pad_after
+        # all the padding is trimmed: the last 3×3 convolutions, as far as their radii reach the pad
+        assert fen.trimmed == fen.convh.pad
+        assert sum(m.padding == (0, 0) for m in fen.modules()
+                   if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)) == fen.convh.pad
         torch.testing.assert_close(fen(x), plain, rtol=1e-5, atol=1e-6)
+        fen.prepare_inference()  # a second call changes nothing
+        torch.testing.assert_close(fen(x), plain, rtol=1e-5, atol=1e-6)
+
+
+def bottleneck_layer1_macs(layer1, height, width, margin, trimmed):
+    """Multiply-adds of a Bottleneck layer1 on a map padded by ``margin``: every convolution on the
+    padded map, or (``trimmed``) each block's 1×1 conv1 on its input and its valid 3×3 conv2, conv3
+    and the shortcut's downsample one pixel smaller on each side, from the layer shapes."""
+    total = 0
+    for block in layer1:
+        after = margin - 1 if trimmed else margin
+        for name, conv in block.named_modules():
+            if isinstance(conv, nn.Conv2d):
+                side = margin if name == "conv1" else after
+                per_pixel = conv.in_channels * conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+                total += per_pixel * (height + 2 * side) * (width + 2 * side)
+        margin = after
+    return total
+
+
+def test_fen_trimmed_layer1_saves_the_multiply_adds_of_the_padding():
+    import copy as copy_module
+
+    from fers.fen import FEN
+
+    fen = FEN(200).eval()  # Wide-ResNet-101-2: three Bottlenecks, receptive radius 3
+    x = torch.zeros(1, 200, 64, 64)
+    padded = copy_module.deepcopy(fen)  # the inference copy before the trimming: pad 3 after ConvH, crop 3
+    padded.convh.pad_after, padded.convh.pad = True, 3
+    trimmed = inference_copy(fen)
+    counts = {"padded": count_macs(padded, x), "trimmed": count_macs(trimmed, x)}
+    expected = {name: bottleneck_layer1_macs(fen.encoder.layer1, 64, 64, 3, name == "trimmed") for name in counts}
+    for name, count in counts.items():
+        assert sum(v for k, v in count.items() if k.startswith("encoder.layer1.")) == expected[name], name
+    saved = counts["padded"]["total"] - counts["trimmed"]["total"]
+    assert saved == expected["padded"] - expected["trimmed"]
+    assert saved > 0.08 * expected["padded"]  # ≈ 10% of layer1
 
 
 def test_inference_copies_of_the_reference_networks_fold_every_batchnorm():
