@@ -63,27 +63,6 @@ def test_scene_reader_keeps_order_and_stops_when_left_early(had100_layout):
     assert not _reader_threads()
 
 
-def test_scene_reader_reads_ahead_by_scenes_or_bytes_whichever_allows_more(had100_layout):
-    scenes = had100_manifest(had100_layout)
-    one_scene = 64 * 64 * 50 * 4  # a prepared 64×64 scene at 50 bands, float32
-    for ahead_bytes, expected in ((0, 1), (one_scene, 1), (2 * one_scene, 2), (1 << 30, 3)):
-        reader = SceneReader(scenes, 50, "interp", log=lambda line: None, ahead=1, ahead_bytes=ahead_bytes)
-        with reader:
-            for _ in range(1000):  # until the reader blocks for room or has read everything
-                if _waiting(reader) or not reader.thread.is_alive():
-                    break
-                threading.Event().wait(0.01)
-            assert reader.held[0] == expected, ahead_bytes
-            assert [item.index for item in reader] == [0, 1, 2]
-    assert not _reader_threads()
-
-
-def _waiting(reader) -> bool:
-    """The reader thread is blocked for room (its queue full)."""
-    with reader.room:
-        return reader._full()
-
-
 def test_the_evaluation_commands_read_scenes_before_torch_loads():
     # test.py and FERS_ABU/test.py parse their arguments and start the reader thread first, so the
     # scenes are read and hashed on the otherwise idle core while `import torch` runs
