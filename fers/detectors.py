@@ -16,7 +16,6 @@ from .rx import (GRAM_BLOCKED_MIN_CHANNELS, NUMPY_PINV_RCOND, RX_CHOLESKY_MAX_CO
                  batch_statistics, reference_inverse, solve_covariance)
 
 
-
 def _as_pixels(cubes: torch.Tensor) -> torch.Tensor:
     """``(N, C, H, W)`` → ``(N, H·W, C)``."""
     n, c, h, w = cubes.shape

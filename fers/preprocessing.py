@@ -118,8 +118,6 @@ def invalid_pixels(cube: np.ndarray, low=None, high=None) -> tuple[int, int]:
         bad = int((~np.isfinite(cube)).any(axis=2).sum())
         if bad:
             return bad, 0
-    if cube.size and not (math.isfinite(low) and math.isfinite(high)):  # cannot happen without NaN/Inf
-        low = high = None
     nodata = np.zeros(cube.shape[:2], dtype=bool)
     for hit in nodata_pixels(cube, low, high).values():
         nodata |= hit

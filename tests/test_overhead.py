@@ -65,7 +65,7 @@ def test_scene_reader_keeps_order_and_stops_when_left_early(had100_layout):
 
 def test_the_evaluation_commands_read_scenes_before_torch_loads():
     # test.py and FERS_ABU/test.py parse their arguments and start the reader thread first, so the
-    # scenes are read and hashed on the otherwise idle core while `import torch` runs
+    # first batch is read on the otherwise idle core while `import torch` runs
     code = ("import sys; import fers.cli.evaluate, fers.cli.common, fers.scene_reader, fers.utils, fers.weights; "
             "print(sorted(m for m in ('torch', 'fers.evaluation', 'fers.checkpoints') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

@@ -16,7 +16,7 @@ from .common import add_layout_argument, add_model_arguments, check_positive, cu
 
 def _run(args, scenes, title: str, detect: str = "RX"):
     check_writable_dir(args.save_dir)
-    # the scenes are read and hashed while torch loads (this module does not import it) and after
+    # the first batch is read while torch loads (nothing imported so far loads it), the rest meanwhile
     with scene_reader(scenes, args.input_channel, args.band_policy, args.batch_size) as reader:
         with phase("imports"):
             from ..evaluation import Detector, evaluate, summary_lines, write_outputs
