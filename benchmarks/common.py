@@ -23,7 +23,7 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from fers.io import write_json  # noqa: E402
-from fers.tuning import cpu_model  # noqa: E402,F401 (re-exported for the benchmarks)
+from fers.tuning import cpu_model, usable_cpus  # noqa: E402,F401 (cpu_model re-exported for the benchmarks)
 from fers.utils import default_threads, versions  # noqa: E402
 
 
@@ -141,11 +141,7 @@ class PeakMemory:
 def machine(device="cpu") -> dict:
     """What the numbers were measured on."""
     device = torch.device(device)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
-    info = {"cpu": cpu_model(), "cores": cores, "torch_threads": torch.get_num_threads(),
+    info = {"cpu": cpu_model(), "cores": len(usable_cpus()), "torch_threads": torch.get_num_threads(),
             "device": str(device), "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
             **versions()}
     if device.type == "cuda":

@@ -41,16 +41,17 @@ BENCHMARKS = Path(__file__).resolve().parent
 REPO_ROOT = BENCHMARKS.parent
 sys.path[:0] = [str(REPO_ROOT), str(BENCHMARKS)]
 
+from fers.profiling import PHASES as PROFILE_PHASES  # noqa: E402 (no torch: loads before the timed runs)
+
 CROPS = 99
 COMPARE_SCENES = 20
 DETECT_SCENE = "abu-beach-1.mat"  # 150×150×188: several tiles, bands interpolated to 200
-PHASES = ("imports", "checkpoints", "inference_copies", "read_validate", "manifest_hash", "networks", "rx",
-          "metrics", "write_outputs", "waiting_for_scenes", "other")
+PHASES = PROFILE_PHASES + ("other",)  # "other": the main thread's time outside any phase
 
 
 def prepare(work: Path, checkpoint_dir: str | None, scenes: int = CROPS) -> dict:
     """The files the cases read: the crops (and a 20-crop subset for compare.py), checkpoints."""
-    from real_crops import write_crops, shared_abu_dir
+    from real_crops import ABU_DIR, write_crops
 
     crops = work / f"crops{scenes}"
     if len(list((crops / "test" / "aviris_ng").glob("*.npy"))) != scenes:
@@ -64,16 +65,10 @@ def prepare(work: Path, checkpoint_dir: str | None, scenes: int = CROPS) -> dict
     if checkpoint_dir is None:
         checkpoint_dir = work / "checkpoints"
         if not (checkpoint_dir / "200bands" / "spa_fen.pt").is_file():
-            import torch
+            from large_scene import write_random_checkpoints
 
-            from fers.checkpoints import band_folder, save_fen, save_spatial_branch
-            from fers.fen import FEN
-            from fers.spatial_branch import SpatialBranch
-
-            torch.manual_seed(0)
-            save_fen(band_folder(checkpoint_dir, 200), FEN(200))
-            save_spatial_branch(band_folder(checkpoint_dir, 200), SpatialBranch(200))
-    return {"crops": crops, "crops20": subset, "checkpoints": Path(checkpoint_dir), "abu": shared_abu_dir()}
+            write_random_checkpoints(checkpoint_dir, 200)
+    return {"crops": crops, "crops20": subset, "checkpoints": Path(checkpoint_dir), "abu": ABU_DIR}
 
 
 def cases(files: dict, work: Path, quick: bool, baseline: str | None = None) -> dict:

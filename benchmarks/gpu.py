@@ -31,7 +31,6 @@ import socket
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent
@@ -40,6 +39,7 @@ sys.path[:0] = [str(BENCHMARKS.parent), str(BENCHMARKS)]
 import torch  # noqa: E402
 
 from common import PeakMemory, interleaved_medians, machine, save_results, setup, synchronise  # noqa: E402
+from training_steps import build as build_stage  # noqa: E402
 
 
 def detection_rows(device: torch.device, bands: list, batches: list, rounds: int) -> list:
@@ -67,17 +67,6 @@ def detection_rows(device: torch.device, bands: list, batches: list, rounds: int
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
-
-
-def build_stage(stage: str, backbone: str, channels: int, device):
-    from fers.fen import FEN
-    from fers.training import Stage1, Stage2
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random-init backbones: speed does not depend on the weights
-        if stage == "stage1":
-            return Stage1(channels, backbone, device, pretrained=False)
-        return Stage2(channels, FEN(channels, backbone), device, pretrained=False)
 
 
 def training_step(stage_obj, optimizer, precision, x):
@@ -155,6 +144,7 @@ def _ddp_worker(rank: int, world: int, port: int, backend: str, device_name: str
 
     from fers.training import REFERENCE
     from fers.training.distributed import Distributed
+    from fers.training.loop import MixedPrecision
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(max(1, torch.get_num_threads() // world))
@@ -169,16 +159,14 @@ def _ddp_worker(rank: int, world: int, port: int, backend: str, device_name: str
     stage_obj.wrap(dist.wrapper())
     stage_obj.train_mode()
     optimizer = torch.optim.Adam(stage_obj.trainable_parameters(), lr=REFERENCE["lr"], betas=REFERENCE["betas"])
+    plain = MixedPrecision(False, device)  # float32 steps
     generator = torch.Generator().manual_seed(10 + rank)  # each rank its own half of the batch
     times = []
     for step in range(steps + 1):
         x = (0.1 * (2 * torch.rand(batch // world, channels, size, size, generator=generator) - 1)).to(device)
         synchronise(device)
         start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        total, _ = stage_obj.loss(x)
-        total.backward()
-        optimizer.step()
+        training_step(stage_obj, optimizer, plain, x)
         synchronise(device)
         if step:  # step 0 builds DDP's buckets
             times.append(time.perf_counter() - start)

@@ -20,6 +20,8 @@ anomalies; the closest real data here are the ABU scenes (AVIRIS, 100×100, anom
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
 from pathlib import Path
 
@@ -29,27 +31,27 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-ABU_DIR = REPO_ROOT.parent / "shared" / "data" / "abu"
+# the shared ABU folder: $FERS_SHARED_DIR/data/abu, else ../shared/data/abu beside the repository
+ABU_DIR = Path(os.environ.get("FERS_SHARED_DIR", REPO_ROOT.parent / "shared")) / "data" / "abu"
 SENSOR = "aviris_ng"
 CROP = 64
 BANDS = 200
 OFFSETS = (0, 9, 18, 27, 36)
 
 
-def shared_abu_dir() -> Path:
-    """The ABU folder: ``$FERS_SHARED_DIR/data/abu``, else ``../shared/data/abu`` beside the repository."""
-    import os
+@functools.lru_cache(maxsize=None)
+def _read_scene(path: Path):
+    """A shared ABU scene, read once for the plan and the crops (13 scenes of a few MB)."""
+    from fers.io import read_scene
 
-    return Path(os.environ["FERS_SHARED_DIR"]) / "data" / "abu" if "FERS_SHARED_DIR" in os.environ else ABU_DIR
+    return read_scene(path)
 
 
 def crop_plan(abu_dir: Path, count: int = 99) -> list[tuple[Path, int, int]]:
     """``(scene file, row, col)`` of each crop, in the order described in the module docstring."""
-    from fers.io import read_scene
-
     per_scene = []
     for path in sorted(Path(abu_dir).glob("*.mat")):
-        scene = read_scene(path)
+        scene = _read_scene(path)
         if scene.cube.shape[2] < BANDS or scene.mask is None:
             continue
         windows = [(path, row, col) for row in OFFSETS for col in OFFSETS
@@ -67,15 +69,14 @@ def crop_plan(abu_dir: Path, count: int = 99) -> list[tuple[Path, int, int]]:
 def write_crops(root, count: int = 99, abu_dir: Path | None = None) -> Path:
     """Write ``count`` crops into ``root`` in the HAD100 test layout (see the module docstring);
     returns ``root``. Existing files are overwritten."""
-    from fers.io import read_scene, save_mask_png
+    from fers.io import save_mask_png
 
     root = Path(root)
     cubes, gts = root / "test" / SENSOR, root / "ground_truth" / SENSOR
     cubes.mkdir(parents=True, exist_ok=True)
     gts.mkdir(parents=True, exist_ok=True)
-    loaded = {}
-    for path, row, col in crop_plan(abu_dir or shared_abu_dir(), count):
-        scene = loaded[path] if path in loaded else loaded.setdefault(path, read_scene(path))  # 7 scenes of 100×100: a few MB each
+    for path, row, col in crop_plan(abu_dir or ABU_DIR, count):
+        scene = _read_scene(path)
         name = f"{path.stem}-r{row:02d}-c{col:02d}"
         window = (slice(row, row + CROP), slice(col, col + CROP))
         np.save(cubes / f"{name}.npy", np.ascontiguousarray(scene.cube[window][:, :, :BANDS], dtype=np.float32))

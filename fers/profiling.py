@@ -129,10 +129,6 @@ _ACTIVE: Profile | None = Profile(os.environ[PROFILE_ENV]) if os.environ.get(PRO
 _NO_OP = contextlib.nullcontext()
 
 
-def enabled() -> bool:
-    return _ACTIVE is not None
-
-
 def phase(name: str, device=None):
     """A context manager timing phase ``name`` when profiling (else a no-op). ``device``: a torch
     device whose queued work is waited for around the block when it is a GPU."""

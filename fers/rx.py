@@ -23,13 +23,10 @@ import numpy as np
 import torch
 
 from . import tuning
+from .tuning import GRAM_BLOCKED_MIN_CHANNELS  # noqa: F401 (re-exported: the default blocking threshold)
 
 NUMPY_PINV_RCOND = 1e-15  # np.linalg.pinv's default cutoff, relative to the largest singular value
 RX_CHOLESKY_MAX_CONDITION = 1e10  # estimated condition number above which RX takes the eigen (pinv) path
-# Default band count from which the covariance is blocked (below it one product is faster; measured
-# on the VM of the first benchmarks); fers.tuning.gram_blocked_min_channels() is what runs use (this,
-# or the value `python -m fers.tuning --calibrate` measured and cached for the machine).
-GRAM_BLOCKED_MIN_CHANNELS = 128
 
 
 # --------------------------------------------------------------------------- performance kernels

@@ -40,7 +40,7 @@ from pathlib import Path
 DEFAULT_L2_BYTES = 1 << 20
 DEFAULT_LLC_BYTES = 32 << 20
 FEN_SCENE_BYTES = 256 * 70 * 70 * 4  # the FEN's largest activation per 64×64 scene (layer1 output)
-GRAM_BLOCKED_MIN_CHANNELS = 128
+GRAM_BLOCKED_MIN_CHANNELS = 128  # covariance blocked from this band count on, unless calibrated (first VM)
 CACHE_ENV = "FERS_TUNING_CACHE"  # overrides the cache file's path ("off": never read or write one)
 
 
@@ -50,17 +50,6 @@ def _parse_size(text: str) -> int:
         if text.endswith(suffix):
             return int(float(text[:-1]) * factor)
     return int(text)
-
-
-def _cpu_list(text: str) -> set:
-    cpus = set()
-    for part in text.strip().split(","):
-        if "-" in part:
-            low, high = part.split("-")
-            cpus.update(range(int(low), int(high) + 1))
-        elif part:
-            cpus.add(int(part))
-    return cpus
 
 
 def usable_cpus() -> set:

@@ -72,10 +72,9 @@ def device_name(device) -> str:
 
 def default_threads() -> None:
     """Use every core the process may run on (PyTorch sometimes sees the host's count in containers)."""
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:
-        available = os.cpu_count() or 1
+    from .tuning import usable_cpus
+
+    available = len(usable_cpus())
     if "OMP_NUM_THREADS" not in os.environ:
         import torch
 
