@@ -143,14 +143,10 @@ def main(argv=None) -> int:
                     print(f"{kind:>17}: {height}×{width}, {size_bytes / 2 ** 30:.2f} GiB, "
                           f"{branches}/{background} RX: AUC {row_file['auc']:.4f}, {result['seconds']:.0f} s wall, "
                           f"peak RSS {result['peak_rss_mib']:.0f} MiB")
+    from common import machine
     from fers.outputs import write_json
-    from fers.utils import versions
 
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    from common import cpu_model
-
-    write_json(args.output, {"rows": rows, "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),
-                             "load_average": os.getloadavg(), **versions()})
+    write_json(args.output, {"rows": rows, **machine(args.device)})
     print(f"wrote {args.output}")
     pairs = {}
     for row in rows:

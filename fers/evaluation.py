@@ -225,14 +225,15 @@ class Detector:
         mapping (:meth:`band_mapping`, statistics over the valid pixels), then
         :func:`fers.preprocessing.prepare_source` with the ``nodata`` rule, in the dtype RX needs
         for ``background`` (:meth:`rx_input_dtype`). Returns the
-        :class:`fers.preprocessing.PreparedScene`."""
+        :class:`fers.preprocessing.PreparedSource`."""
         from .bands import STATISTIC_POLICIES
-        from .preprocessing import nodata_rule, prepare_source, valid_pixels
+        from .preprocessing import NOT_SCANNED, nodata_rule, prepare_source, valid_pixels
 
         rule = nodata_rule(nodata, getattr(cube, "nodata", None))
-        valid = valid_pixels(cube, rule, name) if rule is not None and band_policy in STATISTIC_POLICIES else None
-        mapping = self.band_mapping(cube, band_policy, wavelengths, name, valid)
-        return prepare_source(cube, self.channels, band_policy, name, nodata, mapping=mapping,
+        statistics = rule is not None and band_policy in STATISTIC_POLICIES
+        valid = valid_pixels(cube, rule, name) if statistics else NOT_SCANNED
+        mapping = self.band_mapping(cube, band_policy, wavelengths, name, None if valid is NOT_SCANNED else valid)
+        return prepare_source(cube, self.channels, band_policy, name, nodata, mapping=mapping, valid=valid,
                               dtype=self.rx_input_dtype(background or self.default_background()))
 
     def band_mapping(self, cube: np.ndarray, band_policy: str = "interp", wavelengths=None, name: str = "cube",

@@ -109,7 +109,7 @@ def detection_mask(scores, far: float) -> tuple[np.ndarray, float]:
         raise FersError("no valid score to threshold: every pixel is no-data")
     count = max(1, math.ceil(far * values.size))
     threshold = float(np.partition(values, values.size - count)[values.size - count])
-    return finite & (np.where(finite, scores, -np.inf) >= threshold), threshold
+    return finite & (scores >= threshold), threshold  # NaN compares False
 
 
 def _epsg(crs: str | None) -> int | None:

@@ -252,7 +252,6 @@ class CubeScan:
 
     channels: int
     mapping: object
-    name: str
     low: float
     high: float
     valid: np.ndarray | None = None
@@ -278,9 +277,12 @@ class CubeScan:
         return prepared
 
 
+NOT_SCANNED = object()  # `valid` of scan_cube/prepare_source: the no-data mask is still to be computed
+
+
 def scan_cube(cube, channels: int, policy: str = "interp", name: str = "cube", nodata: NodataRule | None = None,
               chunk_bytes: int | None = None, hint: str = "", *, wavelengths=None, model_wavelengths=None,
-              mapping=None) -> CubeScan:
+              mapping=None, valid=NOT_SCANNED) -> CubeScan:
     """The first pass over a raw ``(rows, cols, bands)`` cube (an array, a memory map or a
     :class:`fers.rasters.Raster`), in row chunks of about ``chunk_bytes``: the value checks, the
     band policy (:func:`fers.bands.band_mapping`, or the precomputed ``mapping``; ``wavelengths``/
@@ -289,7 +291,8 @@ def scan_cube(cube, channels: int, policy: str = "interp", name: str = "cube", n
     ``nodata`` None: NaN/Inf, fill values and a constant cube are refused (:func:`validate_cube`'s
     checks, in its order; ``hint`` is appended to those errors). With a :class:`NodataRule` the
     pixels it names are masked instead: left out of the bounds and of the band statistics, counted,
-    and recorded in :attr:`CubeScan.valid`; a cube with fewer than two valid pixels is refused."""
+    and recorded in :attr:`CubeScan.valid`; a cube with fewer than two valid pixels is refused.
+    ``valid``: that rule's mask from :func:`valid_pixels` if the caller has it (not scanned again)."""
     if cube.ndim != 3:
         raise FersError(f"{name}: expected a 3-D cube (rows, cols, bands), got shape {tuple(cube.shape)}")
     rows = chunk_rows(cube.shape, chunk_bytes)
@@ -297,13 +300,14 @@ def scan_cube(cube, channels: int, policy: str = "interp", name: str = "cube", n
     low = selected_low = math.inf
     high = selected_high = -math.inf
     policy_error = None
+    known = valid if nodata is not None else None  # the mask given, or NOT_SCANNED
     if mapping is None:
         # the band statistics leave out no-data pixels: one more pass, only for those policies
-        statistic_valid = (valid_pixels(cube, nodata, name, chunk_bytes)
-                           if nodata is not None and policy in STATISTIC_POLICIES else None)
+        if known is NOT_SCANNED and policy in STATISTIC_POLICIES:
+            known = valid_pixels(cube, nodata, name, chunk_bytes)
         try:
             mapping = band_mapping(cube, channels, policy, wavelengths, model_wavelengths, name, chunk_bytes,
-                                   valid=statistic_valid)
+                                   valid=None if known is NOT_SCANNED else known)
         except FersError as error:  # raised after the value checks, as validate_cube runs first
             policy_error = error
     whole = None  # the selected bands when the cube is one chunk: not computed twice
@@ -319,7 +323,10 @@ def scan_cube(cube, channels: int, policy: str = "interp", name: str = "cube", n
             if bad:
                 continue
         else:
-            keep = ~invalid_mask(chunk, nodata)
+            if known is NOT_SCANNED:
+                keep = ~invalid_mask(chunk, nodata)
+            else:
+                keep = valid[start:start + rows] if known is None else known[start:start + rows]
             valid[start:start + rows] = keep
             if not keep.all():
                 chunk = chunk[keep][None]  # the valid pixels as one (1, P, bands) row
@@ -352,7 +359,7 @@ def scan_cube(cube, channels: int, policy: str = "interp", name: str = "cube", n
     fill = None
     if masked:
         fill = reference_scaling(band_sum / count, selected_low, selected_high).astype(np.float32)
-    return CubeScan(channels, mapping, name, selected_low, selected_high, valid if masked else None, masked, fill,
+    return CubeScan(channels, mapping, selected_low, selected_high, valid if masked else None, masked, fill,
                     whole)
 
 
@@ -410,7 +417,7 @@ class PreparedView:
 
 
 @dataclass
-class PreparedScene:
+class PreparedSource:
     """A scene ready for detection: ``cube`` the network input ``(rows, cols, C)`` (an array, or a
     :class:`PreparedView` for a scene read from disk), ``valid`` the valid-pixel mask (None: all),
     ``masked`` the no-data pixel count, ``mapping`` the band mapping used, ``rule`` the no-data rule."""
@@ -427,19 +434,19 @@ class PreparedScene:
 
 
 def prepare_source(cube, channels: int, policy: str = "interp", name: str = "cube", nodata=None,
-                   chunk_bytes: int | None = None, lazy: bool | None = None, *, mapping=None,
-                   dtype=np.float32) -> PreparedScene:
+                   chunk_bytes: int | None = None, *, mapping=None, dtype=np.float32,
+                   valid=NOT_SCANNED) -> PreparedSource:
     """:func:`scan_cube` with the no-data rule of ``nodata`` (``None``/``"none"``, ``"auto"`` or a
     value, :func:`nodata_rule`; ``auto`` also takes the value the file declares, ``cube.nodata``),
     then the network input: in memory for an array, window by window (:class:`PreparedView`) for
-    a raster read from disk (``lazy`` None: whichever ``cube`` is). ``mapping``: a precomputed band
-    mapping of this cube; ``dtype`` as for :func:`prepare_cube`."""
+    a raster read from disk. ``mapping``: a precomputed band
+    mapping of this cube; ``dtype`` as for :func:`prepare_cube`; ``valid`` as for :func:`scan_cube`."""
     rule = nodata_rule(nodata, getattr(cube, "nodata", None))
     hint = "; or mask them with `nodata` auto" if rule is None else ""
-    scan = scan_cube(cube, channels, policy, name, rule, chunk_bytes, hint, mapping=mapping)
-    lazy = not isinstance(cube, np.ndarray) if lazy is None else lazy
-    prepared = PreparedView(cube, scan, dtype) if lazy else _prepare_all(cube, scan, chunk_bytes, dtype)
-    return PreparedScene(prepared, scan.mapping, scan.valid, scan.masked, rule)
+    scan = scan_cube(cube, channels, policy, name, rule, chunk_bytes, hint, mapping=mapping, valid=valid)
+    from_disk = not isinstance(cube, np.ndarray)
+    prepared = PreparedView(cube, scan, dtype) if from_disk else _prepare_all(cube, scan, chunk_bytes, dtype)
+    return PreparedSource(prepared, scan.mapping, scan.valid, scan.masked, rule)
 
 
 def to_chw(cube: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ file's unit, or None), ``nodata`` (the value the file declares, or None), ``geor
 
 - ``.npy``: ``np.load(mmap_mode="r")``; ENVI (``.hdr`` and its data file, BSQ/BIL/BIP, any byte
   order): SPy's memory map (``pip install spectral``); GeoTIFF: rasterio windows with a small GDAL
-  block cache (``pip install rasterio``); arrays already in memory: :class:`ArrayRaster`.
+  block cache (``pip install rasterio``). Arrays already in memory need no raster: the library
+  reads windows of either.
 - A memory map is opened for each window and closed after it, so the pages read leave the
   process's resident set with it (a long-lived map of a large file keeps every page it touched
   counted there); the kernel's page cache still serves repeated reads.
@@ -140,25 +141,8 @@ class Raster:
         window = window[(slice(None), slice(None)) + key[2:]] if len(key) > 2 else window
         return window.squeeze(squeeze) if squeeze else window
 
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape)) * self.dtype.itemsize
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path or 'memory'}, shape={self.shape}, dtype={self.dtype})"
-
-
-class ArrayRaster(Raster):
-    """An array (in memory, or a memory map) behind the :class:`Raster` interface."""
-
-    def __init__(self, array, path=None, wavelengths=None, nodata=None, georeference=None):
-        self.array = array
-        self.shape, self.dtype = tuple(array.shape), np.dtype(array.dtype)
-        self.path = Path(path) if path is not None else None
-        self.wavelengths, self.nodata, self.georeference = wavelengths, nodata, georeference
-
-    def _read(self, rows, cols):
-        return np.array(self.array[rows, cols])
 
 
 class NpyRaster(Raster):
@@ -174,11 +158,9 @@ class NpyRaster(Raster):
         self.dtype = np.dtype(stored.dtype)
 
     def _open(self):
-        try:
-            return np.load(self.path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as error:
-            raise FersError(f"{self.path}: not a readable .npy file ({error}); "
-                            "the file may be truncated: copy it again") from None
+        from .io import _read_npy
+
+        return _read_npy(self.path, mmap=True)
 
     def bands_first(self) -> "NpyRaster":
         """The same file read as ``(bands, rows, cols)`` storage."""
@@ -300,7 +282,7 @@ def _number(value) -> float | None:
 def open_raster(path, layout: str = "hwb") -> Raster:
     """The :class:`Raster` of a cube file: ``.npy`` (``layout`` ``bhw`` for ``(bands, rows, cols)``),
     ENVI ``.hdr``, GeoTIFF ``.tif``/``.tiff``. ``.mat``/``.npz`` are read whole by
-    :func:`fers.io.load_cube` (wrap the array in :class:`ArrayRaster`)."""
+    :func:`fers.io.load_cube`."""
     path = Path(path)
     if not path.exists():
         raise FersError(f"{path}: no such file")
@@ -321,13 +303,13 @@ class DiskArray:
     """A zero-initialised array in a temporary file (sparse until written), read and updated in
     windows (``disk[rows] += values`` works) through a memory map opened for each access, so its
     pages do not stay in the process's resident set. The file is removed by :meth:`close` or when
-    the object is collected. ``folder``: where the file goes (default: the system's temporary folder)."""
+    the object is collected. The file goes to the system's temporary folder (``TMPDIR``)."""
 
     ndim = 3
 
-    def __init__(self, shape, dtype=np.float32, folder=None):
+    def __init__(self, shape, dtype=np.float32):
         self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(dtype)
-        handle, name = tempfile.mkstemp(prefix="fers-accumulator-", suffix=".raw", dir=folder)
+        handle, name = tempfile.mkstemp(prefix="fers-accumulator-", suffix=".raw")
         self.path = Path(name)
         size = int(np.prod(self.shape)) * self.dtype.itemsize
         try:

@@ -20,7 +20,7 @@ import torch
 
 from .rx import reference_inverse, rx_statistics, solve_covariance
 from .preprocessing import CHUNK_BYTES as PREPARE_CHUNK_BYTES
-from .preprocessing import chunk_rows, minmax_scale, nodata_rule, prepare_cube, to_batch, to_chw, valid_pixels
+from .preprocessing import chunk_rows, minmax_scale, nodata_rule, to_batch, to_chw, valid_pixels
 
 BACKGROUNDS = ("tile", "global")
 ACCUMULATOR_MEMORY_BYTES = 256 * 2 ** 20  # a scene read from disk: larger global accumulators go to files
@@ -34,12 +34,6 @@ MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution × this = its standard dev
 
 def _chunk_rows(cube_shape, itemsize: int = 8) -> int:
     return chunk_rows(cube_shape, CHUNK_BYTES, itemsize)
-
-
-def prepare_scene(cube: np.ndarray, channels: int, band_policy: str = "interp", name: str = "cube", **options):
-    """:func:`fers.preprocessing.prepare_cube` in row chunks of ``CHUNK_BYTES`` (``options``: its
-    keyword-only ones: ``mapping``, ``wavelengths``, ``model_wavelengths``, ``dtype``)."""
-    return prepare_cube(cube, channels, band_policy, name, chunk_bytes=CHUNK_BYTES, **options)
 
 
 # --------------------------------------------------------------------------- tiling
@@ -294,13 +288,20 @@ def masked_scores(detector, cubes: torch.Tensor, valid: np.ndarray) -> np.ndarra
     from .detectors import fused_scores
 
     flat = valid.reshape(len(valid), -1)
-    maps = np.full(valid.shape, np.nan)
     full = flat.all(1)
+    if full.all():
+        return detector.score(cubes).cpu().numpy()
+    maps = np.full(valid.shape, np.nan)
     if full.any():
         maps[full] = detector.score(cubes[torch.from_numpy(full)]).cpu().numpy()
-    for index in np.flatnonzero(~full & flat.any(1)):
-        cube = cubes[index:index + 1].to(detector.device, torch.float32)
-        spectral, spatial = detector.features(cube)
+    partial = np.flatnonzero(~full & flat.any(1))
+    if not len(partial):
+        return maps
+    partial_cubes = cubes[torch.from_numpy(partial)].to(detector.device, torch.float32)
+    partial_spectral, partial_spatial = detector.features(partial_cubes)  # the networks once for the batch
+    for slot, index in enumerate(partial):
+        cube = partial_cubes[slot:slot + 1]
+        spectral, spatial = (None if f is None else f[slot:slot + 1] for f in (partial_spectral, partial_spatial))
         keep = torch.from_numpy(np.flatnonzero(flat[index])).to(cube.device)
 
         def pixels(values):  # (1, C, H, W) → the valid pixels as a (1, C, 1, P) "scene"
@@ -332,7 +333,7 @@ def _accumulator(shape, on_disk: bool):
 
 def detect_scene(detector, cube: np.ndarray, tile: int = 64, overlap: int = 16, background: str = "tile",
                  batch_size: int = 16, progress: bool = True, valid: np.ndarray | None = None) -> np.ndarray:
-    """Anomaly map ``(H, W)`` float64 of a normalised scene ``(H, W, C)`` (see :func:`prepare_scene`).
+    """Anomaly map ``(H, W)`` float64 of a normalised scene ``(H, W, C)`` (:meth:`fers.evaluation.Detector.prepare`).
 
     - ``tile``: each tile is scored by ``detector`` with its own RX background (the features and
       the fusion rule of :func:`fers.detectors.fused_scores` on the tile). With more than one
@@ -416,11 +417,14 @@ def detect_scene(detector, cube: np.ndarray, tile: int = 64, overlap: int = 16, 
     if valid is not None:  # pixels of skipped tiles: no-data, never read by the RX below
         weight_sum[weight_sum == 0] = 1.0
     rows = _chunk_rows(cube.shape, itemsize=4)
-    for accumulator in accumulators:  # enhanced cube = x + blended features, in place
-        for start in range(0, height, rows):
-            part = slice(start, start + rows)
-            accumulator[part] /= weight_sum[part, :, None].astype(np.float32)
-            accumulator[part] += cube[part]
+    for start in range(0, height, rows):  # enhanced cube = x + blended features, in place
+        part = slice(start, start + rows)
+        inputs, weights = cube[part], weight_sum[part, :, None].astype(np.float32)  # x prepared once per chunk
+        for accumulator in accumulators:  # one read and one write of each (possibly on-disk) accumulator
+            block = accumulator[part]
+            block /= weights
+            block += inputs
+            accumulator[part] = block
     maps = [global_rx_scores(enhanced, detector.rx_precision, valid) for enhanced in accumulators]
     del accumulators
     if not product:

@@ -25,7 +25,9 @@ from fers.detectors import rx_scores
 from fers.errors import FersError
 from fers.fen import FEN
 from fers.preprocessing import normalize_cube, to_chw
-from fers.scene_detection import global_rx_scores, prepare_scene
+from fers.preprocessing import prepare_cube
+from fers import scene_detection
+from fers.scene_detection import global_rx_scores
 from test_performance_paths import numpy_pinv_rx
 from test_training import SMALL, _assert_identical, _start
 
@@ -137,8 +139,6 @@ def test_failed_export_keeps_the_previous_checkpoints(tmp_path, monkeypatch):
 
 
 def _scene_with_chunks(monkeypatch):
-    from fers import scene_detection
-
     monkeypatch.setattr(scene_detection, "CHUNK_BYTES", 3000)  # several row chunks on small cubes
 
 
@@ -179,7 +179,7 @@ def test_chunked_preparation_of_float32_with_a_large_offset_keeps_its_precision(
     cube = _offset_cube()
     data = cube.astype(np.float64)
     expected = 0.1 * (2.0 * (data - data.min()) / (data.max() - data.min()) - 1.0)  # float64 reference
-    prepared, _ = prepare_scene(cube, 16, "first", "scene")
+    prepared, _ = prepare_cube(cube, 16, "first", "scene", chunk_bytes=scene_detection.CHUNK_BYTES)
     np.testing.assert_allclose(prepared, expected, rtol=0, atol=1e-7)  # float32 output rounding only
     np.testing.assert_array_equal(prepared, normalize_cube(cube))
     # the RX of the normalised cube still finds the same scores (RX is invariant to the affine scaling)

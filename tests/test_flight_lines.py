@@ -15,6 +15,7 @@ import scipy.io
 from scipy import ndimage
 
 from conftest import ABU_DIR, call_main, needs_abu
+from test_api import numpy_rx
 from fers import preprocessing, scene_detection
 from fers.errors import FersError
 from fers.map_outputs import detection_mask, detections_geojson, write_map
@@ -26,14 +27,6 @@ envi = pytest.importorskip("spectral.io.envi")
 
 UTM_MAP_INFO = "{UTM, 1.000, 1.000, 500000.000, 4100000.000, 5.0000, 5.0000, 11, North, WGS-84, units=Meters}"
 BORDER = 5
-
-
-def numpy_rx(cube: np.ndarray) -> np.ndarray:
-    """Plain global RX of a (rows, cols, bands) cube: np.cov and np.linalg.pinv, float64."""
-    pixels = cube.reshape(-1, cube.shape[-1]).astype(np.float64)
-    centred = pixels - pixels.mean(0)
-    inverse = np.linalg.pinv(np.cov(pixels, rowvar=False))
-    return np.einsum("pi,ij,pj->p", centred, inverse, centred).reshape(cube.shape[:-1])
 
 
 def _abu_crop(size=60, bands=60):

@@ -19,7 +19,7 @@ from fers.detectors import rx_scores
 from fers.errors import FersError
 from fers.evaluation import Detector
 from fers.preprocessing import prepare_cube, to_chw
-from fers.scene_detection import (TileGrid, blend_weights, detect_scene, global_rx_scores, prepare_scene,
+from fers.scene_detection import (TileGrid, blend_weights, detect_scene, global_rx_scores,
                                   robust_standardise, tile_starts)
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
@@ -32,24 +32,24 @@ def small_chunks(monkeypatch):
 
 
 @pytest.mark.parametrize("policy, channels", [("first", 20), ("interp", 45)])
-def test_prepare_scene_equals_prepare_cube(small_chunks, policy, channels):
+def test_chunked_preparation_equals_prepare_cube_whole(small_chunks, policy, channels):
     cube = (np.random.default_rng(0).random((23, 17, 30)) * 900 + 100).astype(np.float32)
-    prepared, description = prepare_scene(cube, channels, policy, "scene")
+    prepared, description = prepare_cube(cube, channels, policy, "scene", chunk_bytes=scene_detection.CHUNK_BYTES)
     expected, expected_description = prepare_cube(cube, channels, policy, "scene")
     np.testing.assert_array_equal(prepared, expected)
     assert description == expected_description and prepared.dtype == np.float32
 
 
-def test_prepare_scene_rejects_bad_values(small_chunks):
+def test_chunked_preparation_rejects_bad_values(small_chunks):
     cube = np.random.default_rng(0).random((20, 10, 8)).astype(np.float32)
     cube[15, 3, 2] = np.nan
     with pytest.raises(FersError, match="1 pixel.*NaN"):
-        prepare_scene(cube, 8, "first", "scene.npy")
+        prepare_cube(cube, 8, "first", "scene.npy", chunk_bytes=scene_detection.CHUNK_BYTES)
     cube[15, 3, 2] = -9999.0
     with pytest.raises(FersError, match="no-data"):
-        prepare_scene(cube, 8, "first", "scene.npy")
+        prepare_cube(cube, 8, "first", "scene.npy", chunk_bytes=scene_detection.CHUNK_BYTES)
     with pytest.raises(FersError, match="constant"):
-        prepare_scene(np.ones((20, 10, 8), np.float32), 8, "first", "scene.npy")
+        prepare_cube(np.ones((20, 10, 8), np.float32), 8, "first", "scene.npy", chunk_bytes=scene_detection.CHUNK_BYTES)
 
 
 @pytest.mark.parametrize("size, tile, overlap", [(100, 64, 16), (1000, 64, 16), (64, 64, 16), (65, 64, 16),
@@ -126,7 +126,7 @@ def _constant_background(size=160, bands=200, seed=0):
     rng = np.random.default_rng(seed)
     spectrum = rng.uniform(0.2, 1.0, bands)
     cube = (spectrum + 0.01 * rng.standard_normal((size, size, bands))).astype(np.float32)
-    return prepare_scene(cube, bands, "first", "background")[0]
+    return prepare_cube(cube, bands, "first", "background", chunk_bytes=scene_detection.CHUNK_BYTES)[0]
 
 
 def _seam_jumps(scores, grid: TileGrid):
@@ -168,7 +168,8 @@ def test_moderately_large_scene_tiled(random_checkpoints):
     for row, col in [(20, 30), (100, 170), (150, 60), (185, 185), (60, 130)]:
         mask[row:row + 3, col:col + 3] = True
     cube[mask] = 0.6 * cube[mask] + 0.4 * rng.uniform(0.1, 1.0, 200)
-    prepared, _ = prepare_scene(cube.astype(np.float32), 200, "first", "synthetic")
+    prepared, _ = prepare_cube(cube.astype(np.float32), 200, "first", "synthetic",
+                               chunk_bytes=scene_detection.CHUNK_BYTES)
     detector = Detector.from_checkpoints(random_checkpoints, 200, "both")
     scores = detect_scene(detector, prepared, 64, 16, "tile", batch_size=16, progress=False)
     assert scores.shape == (192, 192) and np.isfinite(scores).all()
