@@ -14,3 +14,9 @@ RESTORATION_FILE = "restoration.pt"
 def band_folder(checkpoint_dir, channels: int) -> Path:
     """``<checkpoint_dir>/<C>bands``, the reference layout."""
     return Path(checkpoint_dir) / f"{channels}bands"
+
+
+def branch_files(branches: str) -> tuple:
+    """The checkpoint files the chosen branches read (``both``, ``spectral``, ``spatial``, ``none``)."""
+    return {"both": STAGE1_FILES + (SPATIAL_FILE,), "spectral": STAGE1_FILES, "spatial": (SPATIAL_FILE,),
+            "none": ()}[branches]

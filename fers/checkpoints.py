@@ -15,6 +15,7 @@ which named released weights (:mod:`fers.weights`) they are.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import pickle
@@ -78,18 +79,20 @@ MODEL_CARD_FORMAT = "fers-model-card/1"
 CARD_VERSIONS = ("fers", "git", "torch", "numpy", "python")
 
 
-def model_card(stage: str, channels: int, sensor: str | None, data_source: str, data_files: list, seed: int,
-               selection: str, selected_epoch: int, epochs: int, versions: dict) -> dict:
+def model_card(training: dict, channels: int, data, versions: dict) -> dict:
     """What a checkpoint we write says about itself (its ``config['model_card']``): the band count,
     the sensor and the training files (name, SHA-256, shape), the seed, the selection rule and
-    whether it looked at test labels, the input normalisation and the software versions."""
+    whether it looked at test labels, the input normalisation and the software versions.
+    ``training``: the run's record (``stage``, ``seed``, ``selection``, ``selection_uses_test_labels``,
+    ``epoch`` selected, ``epochs``); ``data``: its :class:`fers.training_data.TrainingData`."""
     card = {"format": MODEL_CARD_FORMAT,
-            "method": "FERD (stage 1: convh, enc, pc)" if stage == "stage1" else "FERS (stage 2: spa_fen, restoration)",
-            "channels": int(channels), "sensor": sensor,
-            "training_data": {"source": data_source, "files": list(data_files)},
-            "seed": int(seed),
-            "selection": {"rule": selection, "uses_test_labels": selection == "test_auc",
-                          "epoch": int(selected_epoch), "epochs": int(epochs)},
+            "method": ("FERD (stage 1: convh, enc, pc)" if training["stage"] == "stage1"
+                       else "FERS (stage 2: spa_fen, restoration)"),
+            "channels": int(channels), "sensor": data.sensor,
+            "training_data": {"source": data.source, "files": list(data.manifest)},
+            "seed": int(training["seed"]),
+            "selection": {"rule": training["selection"], "uses_test_labels": training["selection_uses_test_labels"],
+                          "epoch": int(training["epoch"]), "epochs": int(training["epochs"])},
             "normalisation": dict(NORMALISATION),
             "versions": {name: versions.get(name) for name in CARD_VERSIONS}}
     # plain JSON types only (torch.__version__ is a str subclass): the card must load with weights_only=True
@@ -122,6 +125,11 @@ def save_fen(folder, fen: FEN, training: dict | None = None, wavelengths=None, c
     save_state(folder / "pc.pt", fen.classifier, config)
 
 
+# State keys that reveal the band count C, and the axis it is on (convh.pt, pc.pt, spa_fen.pt,
+# restoration.pt): the loaders check them and `info` reads them.
+_CHANNEL_KEYS = {"convh.weight": 1, "conv2.weight": 0, "initial_conv.conv.weight": 1, "head.weight": 1}
+
+
 def load_fen(folder, channels: int, map_location="cpu") -> FEN:
     """Rebuild the FEN from ``convh.pt``, ``enc.pt`` and ``pc.pt`` in ``folder`` (strict)."""
     folder = Path(folder)
@@ -129,10 +137,10 @@ def load_fen(folder, channels: int, map_location="cpu") -> FEN:
     convh_weight = payloads["convh.pt"]["state_dict"].get("convh.weight")
     if convh_weight is None or convh_weight.ndim != 4:
         raise FersError(f"{folder / 'convh.pt'}: has no 'convh.weight'; not a FEN checkpoint")
-    _check_channels(folder / "convh.pt", int(convh_weight.shape[1]), channels)
+    _check_channels(folder / "convh.pt", int(convh_weight.shape[_CHANNEL_KEYS["convh.weight"]]), channels)
     pc_weight = payloads["pc.pt"]["state_dict"].get("conv2.weight")
     if pc_weight is not None:
-        _check_channels(folder / "pc.pt", int(pc_weight.shape[0]), channels)
+        _check_channels(folder / "pc.pt", int(pc_weight.shape[_CHANNEL_KEYS["conv2.weight"]]), channels)
     backbone = payloads["enc.pt"].get("config", {}).get("backbone", REFERENCE_BACKBONE)
     try:
         fen = FEN(channels, backbone)
@@ -158,14 +166,14 @@ def save_restoration(folder, network: RestorationNetwork, channels: int, trainin
     save_state(Path(folder) / RESTORATION_FILE, network, model_config(channels, None, training, wavelengths, card))
 
 
-def _payload_with(path: Path, key: str, what: str, channels: int, axis: int = 1) -> dict:
+def _payload_with(path: Path, key: str, what: str, channels: int) -> dict:
     """The checkpoint at ``path``, checked to hold the 4-D weight ``key`` of a ``what`` checkpoint
-    for ``channels`` bands (read on ``axis``)."""
+    for ``channels`` bands (on the axis :data:`_CHANNEL_KEYS` gives)."""
     payload = read_checkpoint(path)
     weight = payload["state_dict"].get(key)
     if weight is None or weight.ndim != 4:
         raise FersError(f"{path}: has no '{key}'; not a {what} checkpoint")
-    _check_channels(path, int(weight.shape[axis]), channels)
+    _check_channels(path, int(weight.shape[_CHANNEL_KEYS[key]]), channels)
     return payload
 
 
@@ -195,10 +203,6 @@ def load_restoration(folder, channels: int, map_location="cpu", log=None) -> Res
 
 # --------------------------------------------------------------------------- python -m fers.checkpoints info
 
-# State keys that reveal the band count C, and the axis it is on.
-_CHANNEL_KEYS = {"convh.weight": 1, "conv2.weight": 0, "initial_conv.conv.weight": 1, "head.weight": 1}
-
-
 def _band_folders(directory: Path) -> list[Path]:
     """``directory`` itself when it holds ``.pt`` files, else its ``<C>bands/`` folders that do."""
     if not directory.is_dir():
@@ -215,8 +219,8 @@ def _band_folders(directory: Path) -> list[Path]:
 def file_info(path) -> dict:
     """What one checkpoint file says and is: band count (from its shapes), SHA-256, git blob id,
     its config and model card when it has them, and the named released files it is."""
-    from .io import sha256_file
-    from .weights import GIT_BLOB, SHA256, git_blob_id, matching_files
+    from .io import hash_file
+    from .weights import GIT_BLOB, SHA256, git_blob_hash, matching_files
 
     path = Path(path)
     payload = read_checkpoint(path)
@@ -227,7 +231,8 @@ def file_info(path) -> dict:
             channels = int(weight.shape[axis])
             break
     config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
-    digests = {SHA256: sha256_file(path), GIT_BLOB: git_blob_id(path)}
+    sha256, blob = hash_file(path, hashlib.sha256(), git_blob_hash(path))  # one read for both
+    digests = {SHA256: sha256, GIT_BLOB: blob}
     return {"file": path.name, "bytes": path.stat().st_size, "channels": config.get("channels", channels),
             "sha256": digests[SHA256], "git_blob": digests[GIT_BLOB],
             "model_card": config.get("model_card"), "training": config.get("training"),

@@ -344,13 +344,18 @@ def save_mask_png(path, mask: np.ndarray) -> None:
         Image.fromarray((np.asarray(mask, bool) * 255).astype(np.uint8), mode="L").save(tmp, format="PNG")
 
 
-def sha256_file(path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks (data manifests, weight checks)."""
-    digest = hashlib.sha256()
+def hash_file(path, *digests) -> list[str]:
+    """The hex digests of a file for each ``hashlib`` object given, in one read in 1 MiB chunks."""
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+            for digest in digests:
+                digest.update(chunk)
+    return [digest.hexdigest() for digest in digests]
+
+
+def sha256_file(path) -> str:
+    """Hex SHA-256 of a file (data manifests, weight checks)."""
+    return hash_file(path, hashlib.sha256())[0]
 
 
 # --------------------------------------------------------------------------- band centres

@@ -44,8 +44,9 @@ class TrainingData:
         return len(self.crops)
 
 
-def training_files(data_path, sensor: str = "aviris_ng") -> tuple[list[Path], str]:
-    """Sorted scene files and a description of the layout.
+def training_files(data_path, sensor: str = "aviris_ng") -> tuple[list[Path], str, str | None]:
+    """Sorted scene files, a description of the layout and the sensor folder read (None: a plain
+    folder of scenes).
 
     ``<data_path>/train/<sensor>/*.npy`` when ``data_path`` has a ``train/`` folder (HAD100),
     otherwise the ``.mat``/``.npy``/``.npz`` files directly in ``data_path``.
@@ -63,12 +64,12 @@ def training_files(data_path, sensor: str = "aviris_ng") -> tuple[list[Path], st
         files = sorted(folder.glob("*.npy"))
         if not files:
             raise FersError(f"{folder}: no training scenes (*.npy); check `data_path` and `sensor`")
-        return files, f"HAD100 train/{sensor}"
+        return files, f"HAD100 train/{sensor}", sensor
     files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in SCENE_SUFFIXES)
     if not files:
         raise FersError(f"{root}: no training scenes (no train/<sensor>/*.npy and no "
                         f"{'/'.join(SCENE_SUFFIXES)} files); check `data_path`")
-    return files, f"scene folder {root}"
+    return files, f"scene folder {root}", None
 
 
 def crop_positions(height: int, width: int, size: int, mode: str, count: int | None,
@@ -111,7 +112,7 @@ def load_training_data(data_path, channels: int, img_size: int = 64, sensor: str
         raise ParameterError(f"`img_size` {img_size}: must be a positive multiple of 8 (the decoder halves it 3 times)")
     if crop not in CROP_MODES:
         raise ParameterError(f"`crop` {crop}: choose one of {', '.join(CROP_MODES)}")
-    files, source = training_files(data_path, sensor)
+    files, source, sensor_folder = training_files(data_path, sensor)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         scenes = list(pool.map(lambda p: _read_scene(p, channels, img_size), files))
     rng = np.random.default_rng(seed)
@@ -127,7 +128,6 @@ def load_training_data(data_path, channels: int, img_size: int = 64, sensor: str
             origins.append((path.name, top, left))
     if not crops:
         raise FersError(f"{data_path}: every {img_size}×{img_size} crop is constant; nothing to train on")
-    sensor_folder = sensor if (Path(data_path) / "train").is_dir() else None  # training_files' layout rule
     return TrainingData(np.stack(crops), origins, manifest, source, skipped, sensor_folder)
 
 

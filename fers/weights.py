@@ -29,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint_files import SPATIAL_FILE, STAGE1_FILES, band_folder
+from .checkpoint_files import SPATIAL_FILE, band_folder, branch_files
 from .errors import FersError, ParameterError
 from .outputs import _first_sentence, atomic_path
 
@@ -154,14 +154,17 @@ def named_weights(name: str) -> NamedWeights:
     return NAMED_WEIGHTS[name]
 
 
+def git_blob_hash(path):
+    """The ``hashlib`` object whose digest of ``path``'s bytes is its git blob id: SHA-1 of
+    ``b"blob <size>\\0"`` followed by the bytes."""
+    return hashlib.sha1(b"blob %d\0" % Path(path).stat().st_size)
+
+
 def git_blob_id(path) -> str:
-    """The git blob id of a file: SHA-1 of ``b"blob <size>\\0"`` followed by its bytes."""
-    path = Path(path)
-    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The git blob id of a file."""
+    from .io import hash_file
+
+    return hash_file(path, git_blob_hash(path))[0]
 
 
 def file_digest(path, algorithm: str) -> str:
@@ -171,12 +174,6 @@ def file_digest(path, algorithm: str) -> str:
     from .io import sha256_file
 
     return sha256_file(path)
-
-
-def branch_files(branches: str) -> tuple:
-    """The checkpoint files the chosen branches read."""
-    return {"both": STAGE1_FILES + (SPATIAL_FILE,), "spectral": STAGE1_FILES, "spatial": (SPATIAL_FILE,),
-            "none": ()}[branches]
 
 
 def resolve_branches(weights: NamedWeights, branches: str | None) -> str:

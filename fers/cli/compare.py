@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .. import __version__, detectors
-from ..checkpoints import SPATIAL_FILE, STAGE1_FILES, band_folder
+from ..checkpoint_files import band_folder, branch_files
 from ..datasets import HAD100_SENSOR, abu_manifest, had100_manifest, load_scene
 from ..errors import FersError, cli_entry
 from ..evaluation import Detector, load_inputs
@@ -111,8 +111,11 @@ def missing_checkpoints(checkpoint_dir, channels: int, method: str) -> list[Path
     return [folder / name for name in _checkpoint_files(method) if not (folder / name).is_file()]
 
 
-def _checkpoint_files(method: str) -> list[str]:
-    return list(STAGE1_FILES) + ([SPATIAL_FILE] if method == "fers" else [])
+METHOD_BRANCHES = {"ferd": "spectral", "fers": "both"}  # the networks each method runs
+
+
+def _checkpoint_files(method: str) -> tuple:
+    return branch_files(METHOD_BRANCHES[method])
 
 
 def _scorers(args, methods, device, log=print) -> dict:
@@ -135,7 +138,7 @@ def _scorers(args, methods, device, log=print) -> dict:
                     f"(--checkpoint_dir is the parent of '{args.input_channel}bands/')")
                 continue
             detector = Detector.from_checkpoints(args.checkpoint_dir, args.input_channel,
-                                                 "spectral" if method == "ferd" else "both", device=device,
+                                                 METHOD_BRANCHES[method], device=device,
                                                  fusion=args.fusion, rx_precision=args.rx_precision)
             scorers[method] = lambda cube, d=detector: d.score(cube[None])[0]
     return scorers

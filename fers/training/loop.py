@@ -297,8 +297,7 @@ def fit(stage, data: TrainingData, options: TrainingOptions, run_dir, dist: Dist
                     "epochs": options.epochs, "selection": options.selection,
                     "selection_uses_test_labels": options.selection == "test_auc", "seed": options.seed,
                     "data_order": options.data_order, "protocol": options.protocol, **stage.describe()}
-            card = model_card(stage.name, stage.channels, data.sensor, data.source, data.manifest, options.seed,
-                              options.selection, summary["selected_epoch"], options.epochs, versions())
+            card = model_card(info, stage.channels, data, versions())
             summary["checkpoint_folder"] = str(stage.export(checkpoint_dir, info, card))
     dist.barrier()
     return summary
